@@ -1,0 +1,120 @@
+"""Trace-time checks and input preparation shared by every public function.
+
+Only static facts are checked here (shapes, dtypes, axes): they cost nothing at
+run time and fail before anything is compiled. Values are never checked, because
+under ``jit`` they cannot be; the numerical conventions cover them instead.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def float_array(x, name: str) -> jax.Array:
+    """``x`` as a floating-point array computed in at least float32.
+
+    bfloat16 and float16 are promoted to float32, so a loss is never rounded to
+    a 16-bit grid; the cast's transpose hands gradients back in the input dtype.
+    """
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"{name} must be a real floating-point array (float16, bfloat16, "
+            f"float32 or float64), got dtype {x.dtype}."
+        )
+    return x.astype(jnp.result_type(x.dtype, jnp.float32))
+
+
+def normalize_axis(axis: int, ndim: int, shapes: str) -> int:
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+        raise TypeError(f"axis must be an int, got {axis!r}.")
+    if not -ndim <= axis < ndim:
+        raise ValueError(
+            f"axis {axis} is out of range for inputs of rank {ndim} ({shapes}); "
+            f"expected an axis in [{-ndim}, {ndim - 1}]."
+        )
+    return int(axis) % ndim
+
+
+def _describe(names: Sequence[str], arrays: Sequence[jax.Array]) -> str:
+    return ", ".join(f"{n} shape {tuple(a.shape)}" for n, a in zip(names, arrays))
+
+
+def logits(
+    arrays: Sequence,
+    names: Sequence[str],
+    *,
+    axis: int,
+    where: Optional[jax.Array],
+) -> tuple[list[jax.Array], int]:
+    """Validate, promote, broadcast and mask logit arrays; move ``axis`` last.
+
+    The class axis is located in the broadcast shape (arrays are right-aligned as
+    in NumPy). All arrays must have the same number of classes there; masked
+    entries (``where`` False) are replaced by ``-inf``, so they are never read and
+    receive a zero gradient.
+
+    Returns:
+      the prepared arrays, all of one shape ``[..., C]``, and the class count.
+    """
+    arrays = [float_array(a, n) for a, n in zip(arrays, names)]
+    dtype = jnp.result_type(*arrays)
+    arrays = [a.astype(dtype) for a in arrays]
+    shapes = _describe(names, arrays)
+    ndim = max(a.ndim for a in arrays)
+    if ndim == 0:
+        raise ValueError(f"expected arrays with a class axis, got scalars ({shapes}).")
+    axis = normalize_axis(axis, ndim, shapes)
+    class_counts = {
+        a.shape[axis - ndim + a.ndim] for a in arrays if axis - ndim + a.ndim >= 0
+    }
+    if len(class_counts) > 1:
+        raise ValueError(
+            f"expected the same number of classes along axis {axis - ndim}, "
+            f"got {shapes}."
+        )
+    if where is not None:
+        where = jnp.asarray(where)
+        if where.dtype != jnp.bool_:
+            raise TypeError(f"where must be a boolean array, got dtype {where.dtype}.")
+    try:
+        shape = np.broadcast_shapes(
+            *(a.shape for a in arrays), *(() if where is None else (where.shape,))
+        )
+    except ValueError:
+        extra = "" if where is None else f", where shape {tuple(where.shape)}"
+        raise ValueError(
+            f"expected shapes that broadcast against each other, got {shapes}{extra}."
+        ) from None
+    if len(shape) > ndim:
+        raise ValueError(
+            f"where shape {tuple(where.shape)} has more dimensions than the logits "
+            f"({shapes})."
+        )
+    arrays = [jnp.broadcast_to(a, shape) for a in arrays]
+    if where is not None:
+        where = jnp.broadcast_to(where, shape)
+        arrays = [jnp.where(where, a, -jnp.inf) for a in arrays]
+    return [jnp.moveaxis(a, axis, -1) for a in arrays], shape[axis]
+
+
+def integer_labels(labels, batch_shape: tuple[int, ...], logits_shape) -> jax.Array:
+    """Validate integer ``labels`` against the logits' batch shape (class axis removed)."""
+    labels = jnp.asarray(labels)
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}.")
+    try:
+        shape = np.broadcast_shapes(labels.shape, batch_shape)
+    except ValueError:
+        shape = None
+    if shape != tuple(batch_shape):
+        raise ValueError(
+            f"expected labels of shape {tuple(batch_shape)} (the logits shape "
+            f"{tuple(logits_shape)} without its class axis) or broadcastable to it, "
+            f"got labels shape {tuple(labels.shape)}."
+        )
+    return jnp.broadcast_to(labels, batch_shape)

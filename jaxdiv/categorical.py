@@ -1,0 +1,509 @@
+r"""Divergences between categorical distributions given as logits.
+
+Every function here takes unnormalised log-probabilities (logits): any real value,
+or ``-inf`` for a class with zero probability. ``P = softmax(p_logits)`` is the
+reference (target) distribution and comes first, ``Q = softmax(q_logits)`` is the
+model and comes second, as in ``scipy.stats.entropy(pk, qk)``.
+
+Conventions shared by all functions (see the README for the full table):
+
+* ``where`` (boolean, broadcastable to the logits) removes classes from *both*
+  distributions: masked logits are never read and get an exactly-zero gradient.
+* A class with ``P_i = 0`` contributes nothing, whatever ``Q_i`` is
+  (``0 log 0 = 0 log(0/0) = 0``). ``P_i > 0 = Q_i`` makes KL and cross-entropy
+  ``+inf``, never NaN.
+* A row where ``P`` has no support (all ``-inf`` or all masked) gives 0 with a
+  zero gradient.
+* NaN or ``+inf`` in a read logit gives NaN for that row only.
+* Values are returned in ``result_type(input dtype, float32)``; 16-bit inputs are
+  computed in float32 and their gradients come back in the input dtype.
+
+Gradients are closed forms (custom JVP rules, so ``grad``, ``jvp``, ``jacfwd`` and
+second order all work). Between the forward and the backward pass only the
+inputs and a few statistics per row are kept: the ``[..., C]`` intermediates are
+recomputed, which costs one pass and saves two or three arrays of logits' size.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.ad_checkpoint import checkpoint_name
+from jax.custom_derivatives import SymbolicZero
+
+from jaxdiv import _checks
+from jaxdiv._numerics import (
+    finite_or_zero,
+    log1pmx_neg,
+    log_normaliser,
+    map_rows,
+    phi_series,
+    row_max,
+    row_sum,
+    softplus,
+    _PHI_SERIES_RADIUS,
+)
+
+Array = jax.Array
+ArrayLike = jax.typing.ArrayLike
+
+__all__ = [
+    "kl_divergence",
+    "cross_entropy",
+    "entropy",
+    "cross_entropy_with_integer_labels",
+    "validate_labels",
+]
+
+_ROW_STATS = "jaxdiv_row_stats"
+
+
+def _keep_row_stats(fn):
+    """Under reverse mode, save only per-row statistics and recompute the rest.
+
+    The backward pass then re-reads the logits instead of holding ``[..., C]``
+    temporaries (probabilities, log-ratios) between forward and backward.
+    """
+    return jax.checkpoint(fn, policy=jax.checkpoint_policies.save_only_these_names(_ROW_STATS))
+
+
+def _row_stats(stats):
+    """Mark per-row statistics as the residuals kept for the backward pass."""
+    return jax.tree.map(lambda s: checkpoint_name(s, _ROW_STATS), stats)
+
+
+def _is_zero(t) -> bool:
+    return isinstance(t, SymbolicZero)
+
+
+def _inner(coef: Array, tangent) -> Array:
+    """Row-wise ``<coef, tangent>`` over the class axis, skipping symbolic zeros."""
+    if _is_zero(tangent):
+        return jnp.zeros(coef.shape[:-1], coef.dtype)
+    return row_sum(coef * tangent)
+
+
+def _invalid(x: Array) -> Array:
+    """Rows holding NaN or ``+inf`` (``-inf`` is a valid zero probability)."""
+    return jnp.any(~(x < jnp.inf), axis=-1)
+
+
+# --------------------------------------------------------------------------- KL
+
+
+class _KLStats(NamedTuple):
+    kl: Array          # KL(P || Q)
+    lse_p: Array       # log-normaliser of P, -inf for a row without support
+    lse_q: Array       # log-normaliser of Q, -inf for a row without support
+    shift: Array       # c = max_{supp P} q - max p
+    gap: Array         # (lse_q - lse_p) - c, so log Q - log P = ((q - p) - c) - gap
+
+
+def _kl_rows(p: Array, q: Array) -> _KLStats:
+    r"""KL with every shift chosen so that nothing overflows or cancels.
+
+    With :math:`a = p - \max p` and :math:`b = q - \max_{\mathrm{supp} P} q`,
+    :math:`r = (q - p) - (\max_{\mathrm{supp} P} q - \max p)` (formed from the raw
+    logits, so it is exact for nearby values), :math:`S_p = \sum e^a`,
+    :math:`s = \sum_{\mathrm{supp} P} P\,\mathrm{expm1}(r)` and :math:`x` the log
+    ratio of Q's mass off and on the support of P,
+
+    .. math::
+      KL = \sum P \varphi(r) - \psi(s) + \mathrm{softplus}(x),
+
+    where :math:`P\varphi(r) = (e^b - e^a(1 + r)) / S_p` away from 0, so only the
+    two exponentials ``e^a``, ``e^b`` are needed per class.
+    """
+    supp = p > -jnp.inf
+    max_p = row_max(p)
+    max_q_on = row_max(jnp.where(supp, q, -jnp.inf))
+    max_q = row_max(q)
+    shift_p, shift_on, shift_all = (finite_or_zero(m) for m in (max_p, max_q_on, max_q))
+    q_on_supp_finite = supp & (q > -jnp.inf)
+
+    e_a = jnp.exp(p - shift_p[..., None])
+    e_b = jnp.exp(q - jnp.where(supp, shift_on[..., None], shift_all[..., None]))
+    c = shift_on - shift_p
+    r = jnp.where(q_on_supp_finite, (q - p) - c[..., None], 0.0)
+    small = jnp.abs(r) < _PHI_SERIES_RADIUS
+    phi = phi_series(jnp.where(small, r, 0.0))
+    zero = jnp.zeros_like(e_a)
+    # e^a * phi(r) and e^a * expm1(r), directly from e^b = e^a e^r when r is not small.
+    v = jnp.where(q_on_supp_finite, jnp.where(small, e_a * phi, e_b - e_a * (1 + r)), zero)
+    u = jnp.where(q_on_supp_finite, jnp.where(small, e_a * (r + phi), e_b - e_a), zero)
+
+    sum_p = row_sum(e_a)
+    sum_on = row_sum(jnp.where(supp, e_b, zero))
+    sum_off = row_sum(jnp.where(supp, zero, e_b))
+    has_p, has_on, has_off = sum_p > 0, sum_on > 0, sum_off > 0
+    sum_p = jnp.where(has_p, sum_p, 1.0)
+    s = jnp.where(has_on, row_sum(u) / sum_p, 0.0)
+    # x = log(Q mass off supp P / Q mass on it), -inf when nothing is off.
+    x = jnp.where(
+        has_on & has_off,
+        (shift_all - shift_on)
+        + jnp.log(jnp.where(has_off, sum_off, 1.0))
+        - jnp.log(jnp.where(has_on, sum_on, 1.0)),
+        -jnp.inf,
+    )
+    kl = jnp.maximum(row_sum(v) / sum_p - log1pmx_neg(s) + softplus(x), 0.0)
+    kl = jnp.where(jnp.any(supp & (q == -jnp.inf), axis=-1), jnp.inf, kl)
+    kl = jnp.where(has_p, kl, 0.0)
+    kl = jnp.where(_invalid(p) | _invalid(q), jnp.nan, kl)
+
+    lse_p = jnp.where(has_p, shift_p + jnp.log(sum_p), -jnp.inf)
+    # Q's normaliser relative to shift_all: the on-support part is rescaled.
+    scale_on = jnp.where(jnp.isfinite(max_q_on), jnp.exp(shift_on - shift_all), 0.0)
+    sum_q = sum_off + sum_on * scale_on
+    lse_q = jnp.where(sum_q > 0, shift_all + jnp.log(jnp.where(sum_q > 0, sum_q, 1.0)), -jnp.inf)
+    gap = jnp.log1p(s) + softplus(x)
+    return _KLStats(kl, lse_p, lse_q, c, gap)
+
+
+def _softmax(x: Array, lse: Array) -> Array:
+    """``exp(x - lse)``; all zeros for a row without support (``lse = -inf``)."""
+    return jnp.exp(x - jnp.where(lse > -jnp.inf, lse, 0.0)[..., None])
+
+
+def _has_mass(lse: Array) -> Array:
+    return (lse > -jnp.inf)[..., None]
+
+
+@jax.custom_jvp
+def _kl(p: Array, q: Array) -> Array:
+    return map_rows(_kl_rows, p, q).kl
+
+
+# Closed forms: dKL/dq = Q - P, dKL/dp = -P (log Q - log P + KL); autodiff through
+# the branches of _kl_rows would be slower and leaks NaN at -inf.
+def _kl_jvp(primals, tangents):
+    p, q = primals
+    dp, dq = tangents
+    stats = _row_stats(map_rows(_kl_rows, p, q))
+    probs_p, probs_q = _softmax(p, stats.lse_p), _softmax(q, stats.lse_q)
+    supp = p > -jnp.inf
+    read = supp & (q > -jnp.inf)
+    finite = jnp.isfinite(stats.kl)[..., None]
+    kl = jnp.where(finite, stats.kl[..., None], 0.0)
+    log_ratio = ((q - p) - stats.shift[..., None]) - stats.gap[..., None]
+    log_ratio = jnp.where(read, log_ratio, 0.0)
+    # A +inf KL stays +inf under any finite change of p_logits: its p-gradient is 0.
+    # exp(p + (-lse)) is P written so that XLA does not share it with coef_q: one
+    # exp more per class beats materialising P as a [..., C] temporary.
+    probs_p_own = jnp.exp(p + (-jnp.where(stats.lse_p > -jnp.inf, stats.lse_p, 0.0))[..., None])
+    coef_p = jnp.where(read & finite, -probs_p_own * (log_ratio + kl), 0.0)
+    # d/dq of sum(P) lse(q) - <P, q>: Q - P, and 0 where P has no mass.
+    coef_q = jnp.where(_has_mass(stats.lse_p), probs_q - probs_p, 0.0)
+    return stats.kl, _inner(coef_p, dp) + _inner(coef_q, dq)
+
+
+_kl.defjvp(_kl_jvp, symbolic_zeros=True)
+_kl = _keep_row_stats(_kl)
+
+
+# ------------------------------------------------------ cross-entropy, entropy
+
+
+class _XentStats(NamedTuple):
+    value: Array       # H(P, Q), or H(P) when q is p
+    lse_p: Array       # log-normaliser of P, -inf for a row without support
+    lse_q: Array       # log-normaliser of Q, -inf for a row without support
+
+
+def _log_sum_exp(norm) -> Array:
+    """``log sum exp(x)`` from :func:`log_normaliser`."""
+    return norm.shift + norm.log_sum
+
+
+def _xent_rows(p: Array, q: Array) -> _XentStats:
+    r""":math:`H(P, Q) = \sum_{\mathrm{supp} P} P_i (-\log Q_i)`, a sum of non-negative terms.
+
+    Each ``-log Q_i = log1p(sum_{j != argmax} e^{b_j}) - b_i`` is accurate to a
+    rounding, so confident predictions (CE ~ 1e-7) and tiny entropies keep full
+    relative accuracy instead of cancelling ``lse(q) - <P, q>``.
+    """
+    norm_p = log_normaliser(p)
+    norm_q = norm_p if q is p else log_normaliser(q)
+    supp = p > -jnp.inf
+    read = supp & (q > -jnp.inf)
+    centred_q = jnp.where(read, norm_q.centred, 0.0)
+    neg_log_q = jnp.where(read, norm_q.log_sum[..., None] - centred_q, 0.0)
+    has_p = jnp.isfinite(norm_p.log_sum)
+    mass = jnp.exp(jnp.where(has_p, norm_p.log_sum, 0.0))
+    value = row_sum(norm_p.exp_centred * neg_log_q) / mass
+    value = jnp.where(jnp.any(supp & (q == -jnp.inf), axis=-1), jnp.inf, value)
+    value = jnp.where(has_p, value, 0.0)
+    value = jnp.where(_invalid(p) | _invalid(q), jnp.nan, value)
+    return _XentStats(value, _log_sum_exp(norm_p), _log_sum_exp(norm_q))
+
+
+def _xent_coef_p(p: Array, neg_log_q: Array, stats: _XentStats, read: Array) -> Array:
+    """d H / d p = P (-log Q - H), 0 where P = 0 or H is +inf (then constant in p)."""
+    finite = jnp.isfinite(stats.value)[..., None]
+    value = jnp.where(finite, stats.value[..., None], 0.0)
+    neg_log_q = jnp.where(read, neg_log_q, 0.0)
+    return jnp.where(read & finite, _softmax(p, stats.lse_p) * (neg_log_q - value), 0.0)
+
+
+@jax.custom_jvp
+def _cross_entropy(p: Array, q: Array) -> Array:
+    return map_rows(_xent_rows, p, q).value
+
+
+# Closed forms: dH(P,Q)/dq = Q - P, dH(P,Q)/dp = P (-log Q - H(P,Q)).
+def _cross_entropy_jvp(primals, tangents):
+    p, q = primals
+    dp, dq = tangents
+    stats = _row_stats(map_rows(_xent_rows, p, q))
+    supp = p > -jnp.inf
+    read = supp & (q > -jnp.inf)
+    coef_p = _xent_coef_p(p, stats.lse_q[..., None] - q, stats, read)
+    coef_q = jnp.where(
+        _has_mass(stats.lse_p), _softmax(q, stats.lse_q) - _softmax(p, stats.lse_p), 0.0
+    )
+    return stats.value, _inner(coef_p, dp) + _inner(coef_q, dq)
+
+
+_cross_entropy.defjvp(_cross_entropy_jvp, symbolic_zeros=True)
+_cross_entropy = _keep_row_stats(_cross_entropy)
+
+
+@jax.custom_jvp
+def _entropy(p: Array) -> Array:
+    return map_rows(lambda x: _xent_rows(x, x), p).value
+
+
+# Closed form: dH/dp = P (-log P - H); autodiff would read log P at P = 0.
+def _entropy_jvp(primals, tangents):
+    (p,), (dp,) = primals, tangents
+    stats = _row_stats(map_rows(lambda x: _xent_rows(x, x), p))
+    read = p > -jnp.inf
+    coef = _xent_coef_p(p, stats.lse_p[..., None] - p, stats, read)
+    return stats.value, _inner(coef, dp)
+
+
+_entropy.defjvp(_entropy_jvp, symbolic_zeros=True)
+_entropy = _keep_row_stats(_entropy)
+
+
+# ------------------------------------------------------------- integer labels
+
+
+def _label_rows(logits: Array, labels: Array) -> tuple[Array, Array]:
+    """``(-log softmax(logits)[label], log-normaliser)`` per row."""
+    norm = log_normaliser(logits)
+    num_classes = logits.shape[-1]
+    in_range = (labels >= 0) & (labels < num_classes)
+    index = jnp.clip(labels, 0, max(num_classes - 1, 0))[..., None]
+    picked = jnp.take_along_axis(norm.centred, index, axis=-1)[..., 0]
+    finite = picked > -jnp.inf
+    value = jnp.where(finite, norm.log_sum - jnp.where(finite, picked, 0.0), jnp.inf)
+    value = jnp.where(jnp.isfinite(norm.log_sum), value, jnp.inf)
+    value = jnp.where(in_range & ~_invalid(logits), value, jnp.nan)
+    return value, _log_sum_exp(norm)
+
+
+@jax.custom_jvp
+def _integer_cross_entropy(logits: Array, labels: Array) -> Array:
+    return map_rows(_label_rows, logits, labels)[0]
+
+
+# Closed form: d CE / d logits = softmax(logits) - onehot(label).
+def _integer_cross_entropy_jvp(primals, tangents):
+    logits, labels = primals
+    dlogits = tangents[0]
+    value, lse = _row_stats(map_rows(_label_rows, logits, labels))
+    if _is_zero(dlogits):
+        return value, jnp.zeros_like(value)
+    num_classes = logits.shape[-1]
+    in_range = (labels >= 0) & (labels < num_classes)
+    index = jnp.clip(labels, 0, max(num_classes - 1, 0))[..., None]
+    picked = jnp.take_along_axis(dlogits, index, axis=-1)[..., 0]
+    tangent = row_sum(_softmax(logits, lse) * dlogits) - picked
+    return value, jnp.where(in_range, tangent, jnp.nan)
+
+
+_integer_cross_entropy.defjvp(_integer_cross_entropy_jvp, symbolic_zeros=True)
+_integer_cross_entropy = _keep_row_stats(_integer_cross_entropy)
+
+
+# ------------------------------------------------------------------ public API
+
+
+def kl_divergence(
+    p_logits: ArrayLike,
+    q_logits: ArrayLike,
+    *,
+    axis: int = -1,
+    where: Optional[ArrayLike] = None,
+) -> Array:
+    r"""Kullback-Leibler divergence :math:`KL(P \| Q)` between two categoricals given as logits.
+
+    .. math::
+      KL(P \| Q) = \sum_i P_i \log \frac{P_i}{Q_i}, \quad
+      P = \mathrm{softmax}(p), \; Q = \mathrm{softmax}(q),
+
+    with :math:`0 \log(0 / Q_i) = 0` and :math:`P_i \log(P_i / 0) = +\infty`.
+    Evaluated without cancellation, so nearly identical distributions (KL down to
+    1e-12 and below) keep full float32 relative accuracy, ``kl(x, x) == 0.0``
+    exactly, and the result is never negative.
+
+    Args:
+      p_logits: logits of the reference distribution P, ``[..., C, ...]``; any
+        real value or ``-inf`` (zero probability).
+      q_logits: logits of the model Q; broadcasts against ``p_logits``.
+      axis: the class axis (of the broadcast shape).
+      where: optional boolean mask broadcastable to the logits; False removes a
+        class from both P and Q.
+
+    Returns:
+      KL in nats, with the class axis removed, in ``result_type(dtype, float32)``.
+      ``+inf`` where P has mass Q lacks; 0 where P has no support; NaN in rows
+      holding NaN or ``+inf``.
+
+    Gradients: ``d/dq = Q - P`` (finite even where KL is ``+inf``) and
+    ``d/dp = P * (log P - log Q - KL)``, exactly 0 where ``P_i = 0``; where KL is
+    ``+inf`` the ``p`` gradient is 0 (KL stays ``+inf`` under any finite change
+    of ``p``).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxdiv
+      >>> p = jnp.log(jnp.array([0.5, 0.5, 0.0]))
+      >>> q = jnp.log(jnp.array([0.25, 0.25, 0.5]))
+      >>> print(f"{jaxdiv.kl_divergence(p, q):.6f}")  # log 2
+      0.693147
+      >>> float(jaxdiv.kl_divergence(q, p))  # Q has mass where P has none
+      inf
+    """
+    (p, q), _ = _checks.logits(
+        (p_logits, q_logits), ("p_logits", "q_logits"), axis=axis, where=where
+    )
+    return _kl(p, q)
+
+
+def cross_entropy(
+    p_logits: ArrayLike,
+    q_logits: ArrayLike,
+    *,
+    axis: int = -1,
+    where: Optional[ArrayLike] = None,
+) -> Array:
+    r"""Cross-entropy :math:`H(P, Q) = -\sum_i P_i \log Q_i = H(P) + KL(P \| Q)`.
+
+    The soft-label cross-entropy: ``p_logits`` are the target's logits (use
+    ``log(target_probs)``, with ``-inf`` for zero targets), ``q_logits`` the
+    model's. :math:`0 \log 0 = 0`; :math:`P_i > 0 = Q_i` gives ``+inf``.
+
+    Args:
+      p_logits: logits of the target distribution P, ``[..., C, ...]``.
+      q_logits: logits of the model Q; broadcasts against ``p_logits``.
+      axis: the class axis (of the broadcast shape).
+      where: optional boolean mask removing classes from both distributions.
+
+    Returns:
+      Cross-entropy in nats, class axis removed, ``result_type(dtype, float32)``.
+
+    Gradients: ``d/dq = Q - P``, ``d/dp = P * (-log Q - H(P, Q))`` (0 where
+    ``P_i = 0``, and 0 where the value is ``+inf``).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxdiv
+      >>> p = jnp.log(jnp.array([1.0, 0.0]))
+      >>> print(f"{jaxdiv.cross_entropy(p, jnp.array([0.0, 0.0])):.6f}")  # log 2
+      0.693147
+    """
+    (p, q), _ = _checks.logits(
+        (p_logits, q_logits), ("p_logits", "q_logits"), axis=axis, where=where
+    )
+    return _cross_entropy(p, q)
+
+
+def entropy(
+    logits: ArrayLike, *, axis: int = -1, where: Optional[ArrayLike] = None
+) -> Array:
+    r"""Shannon entropy :math:`H(P) = -\sum_i P_i \log P_i` of ``P = softmax(logits)``.
+
+    Accurate for tiny entropies (confident distributions): every term
+    :math:`-P_i \log P_i` is non-negative and computed to a rounding.
+
+    Args:
+      logits: ``[..., C, ...]``, any real value or ``-inf``.
+      axis: the class axis.
+      where: optional boolean mask removing classes.
+
+    Returns:
+      Entropy in nats, class axis removed; 0 for a row with no support.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxdiv
+      >>> print(f"{jaxdiv.entropy(jnp.full(4, -1e9)):.6f}")  # log 4
+      1.386294
+    """
+    (p,), _ = _checks.logits((logits,), ("logits",), axis=axis, where=where)
+    return _entropy(p)
+
+
+def cross_entropy_with_integer_labels(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis: int = -1,
+    where: Optional[ArrayLike] = None,
+) -> Array:
+    r"""Cross-entropy of integer labels, :math:`-\log \mathrm{softmax}(x)_y`.
+
+    Args:
+      logits: model logits ``[..., C, ...]``.
+      labels: integer class indices with the logits' shape minus the class axis
+        (or broadcastable to it).
+      axis: the class axis of ``logits``.
+      where: optional boolean mask over the logits removing classes from the
+        softmax; a label on a masked class gives ``+inf``.
+
+    Returns:
+      ``-log Q_y`` per row, ``result_type(dtype, float32)`` (a bfloat16 model
+      gets a float32 loss, not one rounded to the bfloat16 grid). A label outside
+      ``[0, C)`` gives NaN for its row (values cannot raise under ``jit``; call
+      :func:`validate_labels` for an exception).
+
+    Gradient: ``softmax(logits) - onehot(label)``, exactly 0 at masked classes.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxdiv
+      >>> logits = jnp.array([[2.0, 0.0, -jnp.inf], [0.0, 0.0, 0.0]])
+      >>> jaxdiv.cross_entropy_with_integer_labels(logits, jnp.array([0, 2]))
+      Array([0.126928, 1.098612], dtype=float32)
+    """
+    (x,), _ = _checks.logits((logits,), ("logits",), axis=axis, where=where)
+    batch_shape = x.shape[:-1]
+    labels = _checks.integer_labels(labels, batch_shape, jnp.shape(logits))
+    return _integer_cross_entropy(x, labels)
+
+
+def validate_labels(labels: ArrayLike, num_classes: int) -> Array:
+    """Raise ``ValueError`` unless every label lies in ``[0, num_classes)``.
+
+    An eager check for users who prefer an exception to the NaN that an
+    out-of-range label produces under ``jit``. Returns ``labels`` unchanged.
+
+    Example:
+      >>> import jaxdiv
+      >>> jaxdiv.validate_labels([0, 3], num_classes=3)
+      Traceback (most recent call last):
+        ...
+      ValueError: labels must lie in [0, 3); got 1 out of range, e.g. 3 at index (1,).
+    """
+    values = np.asarray(labels)
+    if not np.issubdtype(values.dtype, np.integer):
+        raise TypeError(f"labels must be an integer array, got dtype {values.dtype}.")
+    bad = (values < 0) | (values >= num_classes)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}); got {int(bad.sum())} out of "
+            f"range, e.g. {values[first]} at index {first}."
+        )
+    return labels
