@@ -86,6 +86,20 @@ def _inner(coef: Array, tangent) -> Array:
     return row_sum(coef * tangent)
 
 
+def _support(exp_centred: Array) -> Array:
+    """The classes where P is nonzero in the working precision.
+
+    A logit whose probability underflows (say -1e4 next to 0) is treated exactly
+    like ``-inf``, so clipping ``-inf`` to a large negative number changes nothing.
+    """
+    return exp_centred > 0
+
+
+def _difference(q: Array, p: Array, read: Array) -> Array:
+    """``q - p`` where ``read``, 0 elsewhere, without forming ``-inf - -inf``."""
+    return jnp.where(read, q, 0.0) - jnp.where(read, p, 0.0)
+
+
 def _invalid(x: Array) -> Array:
     """Rows holding NaN or ``+inf`` (``-inf`` is a valid zero probability)."""
     return jnp.any(~(x < jnp.inf), axis=-1)
@@ -117,17 +131,16 @@ def _kl_rows(p: Array, q: Array) -> _KLStats:
     where :math:`P\varphi(r) = (e^b - e^a(1 + r)) / S_p` away from 0, so only the
     two exponentials ``e^a``, ``e^b`` are needed per class.
     """
-    supp = p > -jnp.inf
-    max_p = row_max(p)
+    shift_p = finite_or_zero(row_max(p))
+    e_a = jnp.exp(p - shift_p[..., None])
+    supp = _support(e_a)
     max_q_on = row_max(jnp.where(supp, q, -jnp.inf))
-    max_q = row_max(q)
-    shift_p, shift_on, shift_all = (finite_or_zero(m) for m in (max_p, max_q_on, max_q))
+    shift_on, shift_all = finite_or_zero(max_q_on), finite_or_zero(row_max(q))
     q_on_supp_finite = supp & (q > -jnp.inf)
 
-    e_a = jnp.exp(p - shift_p[..., None])
     e_b = jnp.exp(q - jnp.where(supp, shift_on[..., None], shift_all[..., None]))
     c = shift_on - shift_p
-    r = jnp.where(q_on_supp_finite, (q - p) - c[..., None], 0.0)
+    r = jnp.where(q_on_supp_finite, _difference(q, p, q_on_supp_finite) - c[..., None], 0.0)
     small = jnp.abs(r) < _PHI_SERIES_RADIUS
     phi = phi_series(jnp.where(small, r, 0.0))
     zero = jnp.zeros_like(e_a)
@@ -184,11 +197,10 @@ def _kl_jvp(primals, tangents):
     dp, dq = tangents
     stats = _row_stats(map_rows(_kl_rows, p, q))
     probs_p, probs_q = _softmax(p, stats.lse_p), _softmax(q, stats.lse_q)
-    supp = p > -jnp.inf
-    read = supp & (q > -jnp.inf)
+    read = _support(probs_p) & (q > -jnp.inf)
     finite = jnp.isfinite(stats.kl)[..., None]
     kl = jnp.where(finite, stats.kl[..., None], 0.0)
-    log_ratio = ((q - p) - stats.shift[..., None]) - stats.gap[..., None]
+    log_ratio = (_difference(q, p, read) - stats.shift[..., None]) - stats.gap[..., None]
     log_ratio = jnp.where(read, log_ratio, 0.0)
     # A +inf KL stays +inf under any finite change of p_logits: its p-gradient is 0.
     # exp(p + (-lse)) is P written so that XLA does not share it with coef_q: one
@@ -227,7 +239,7 @@ def _xent_rows(p: Array, q: Array) -> _XentStats:
     """
     norm_p = log_normaliser(p)
     norm_q = norm_p if q is p else log_normaliser(q)
-    supp = p > -jnp.inf
+    supp = _support(norm_p.exp_centred)
     read = supp & (q > -jnp.inf)
     centred_q = jnp.where(read, norm_q.centred, 0.0)
     neg_log_q = jnp.where(read, norm_q.log_sum[..., None] - centred_q, 0.0)
@@ -258,9 +270,8 @@ def _cross_entropy_jvp(primals, tangents):
     p, q = primals
     dp, dq = tangents
     stats = _row_stats(map_rows(_xent_rows, p, q))
-    supp = p > -jnp.inf
-    read = supp & (q > -jnp.inf)
-    coef_p = _xent_coef_p(p, stats.lse_q[..., None] - q, stats, read)
+    read = _support(_softmax(p, stats.lse_p)) & (q > -jnp.inf)
+    coef_p = _xent_coef_p(p, stats.lse_q[..., None] - jnp.where(read, q, 0.0), stats, read)
     coef_q = jnp.where(
         _has_mass(stats.lse_p), _softmax(q, stats.lse_q) - _softmax(p, stats.lse_p), 0.0
     )
@@ -280,8 +291,8 @@ def _entropy(p: Array) -> Array:
 def _entropy_jvp(primals, tangents):
     (p,), (dp,) = primals, tangents
     stats = _row_stats(map_rows(lambda x: _xent_rows(x, x), p))
-    read = p > -jnp.inf
-    coef = _xent_coef_p(p, stats.lse_p[..., None] - p, stats, read)
+    read = _support(_softmax(p, stats.lse_p))
+    coef = _xent_coef_p(p, stats.lse_p[..., None] - jnp.where(read, p, 0.0), stats, read)
     return stats.value, _inner(coef, dp)
 
 
@@ -323,7 +334,8 @@ def _integer_cross_entropy_jvp(primals, tangents):
     index = jnp.clip(labels, 0, max(num_classes - 1, 0))[..., None]
     picked = jnp.take_along_axis(dlogits, index, axis=-1)[..., 0]
     tangent = row_sum(_softmax(logits, lse) * dlogits) - picked
-    return value, jnp.where(in_range, tangent, jnp.nan)
+    # An out-of-range label poisons its own row's gradient, linearly.
+    return value, tangent * jnp.where(in_range, 1.0, jnp.nan)
 
 
 _integer_cross_entropy.defjvp(_integer_cross_entropy_jvp, symbolic_zeros=True)

@@ -1,0 +1,46 @@
+"""First-run set-up shared by the two quick-start commands.
+
+``ensure_venv()`` creates ``.venv`` next to ``pyproject.toml``, installs jaxdiv
+with its test and benchmark extras into it (again whenever ``pyproject.toml``
+changes), and re-executes the calling script with that interpreter. Only the
+Python standard library is used, so it runs on a machine with nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV = ROOT / ".venv"
+EXTRAS = "test,bench"
+
+
+def _venv_python() -> Path:
+    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def ensure_venv() -> None:
+    """Run the calling script inside ``.venv``, creating and filling it if needed."""
+    python = _venv_python()
+    if Path(sys.prefix).resolve() == VENV.resolve():
+        return
+    wanted = hashlib.sha256(
+        (ROOT / "pyproject.toml").read_bytes() + EXTRAS.encode()
+    ).hexdigest()
+    stamp = VENV / ".jaxdiv-installed"
+    if not python.exists():
+        print(f"[jaxdiv] creating {VENV}", flush=True)
+        subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
+    if not stamp.exists() or stamp.read_text() != wanted:
+        print("[jaxdiv] installing jaxdiv and its test/benchmark dependencies "
+              "(first run only)", flush=True)
+        subprocess.check_call(
+            [str(python), "-m", "pip", "install", "--disable-pip-version-check",
+             "-q", "-e", f"{ROOT}[{EXTRAS}]"]
+        )
+        stamp.write_text(wanted)
+    os.execv(str(python), [str(python), *sys.argv])

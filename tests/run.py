@@ -1,0 +1,23 @@
+"""Run the whole test suite: ``python3 tests/run.py [pytest args]``.
+
+On first use it creates ``.venv`` and installs jaxdiv with its test
+dependencies (see ``benchmarks/_env.py``).
+"""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._env import ensure_venv  # noqa: E402
+
+if __name__ == "__main__":
+    ensure_venv()
+    import os
+
+    import pytest
+
+    os.chdir(ROOT)
+
+    sys.exit(pytest.main(["-q", "--rootdir", str(ROOT), *sys.argv[1:]]))
