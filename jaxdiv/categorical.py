@@ -100,9 +100,14 @@ def _difference(q: Array, p: Array, read: Array) -> Array:
     return jnp.where(read, q, 0.0) - jnp.where(read, p, 0.0)
 
 
-def _invalid(x: Array) -> Array:
-    """Rows holding NaN or ``+inf`` (``-inf`` is a valid zero probability)."""
-    return jnp.any(~(x < jnp.inf), axis=-1)
+def _invalid(row_stat: Array) -> Array:
+    """NaN or ``+inf`` in a row statistic that is finite for valid logits.
+
+    Normaliser sums of ``exp(x - max x)`` are at most the class count, and NaN or
+    ``+inf`` in any read logit propagates into them, so checking them costs no
+    pass over the classes.
+    """
+    return ~(row_stat < jnp.inf)
 
 
 # --------------------------------------------------------------------------- KL
@@ -145,13 +150,17 @@ def _kl_rows(p: Array, q: Array) -> _KLStats:
     phi = phi_series(jnp.where(small, r, 0.0))
     zero = jnp.zeros_like(e_a)
     # e^a * phi(r) and e^a * expm1(r), directly from e^b = e^a e^r when r is not small.
-    v = jnp.where(q_on_supp_finite, jnp.where(small, e_a * phi, e_b - e_a * (1 + r)), zero)
+    # Q_i = 0 < P_i contributes +inf; folding it in here saves a pass.
+    v = jnp.where(small, e_a * phi, e_b - e_a * (1 + r))
+    v = jnp.where(supp, jnp.where(q_on_supp_finite, v, jnp.inf), zero)
     u = jnp.where(q_on_supp_finite, jnp.where(small, e_a * (r + phi), e_b - e_a), zero)
 
     sum_p = row_sum(e_a)
     sum_on = row_sum(jnp.where(supp, e_b, zero))
     sum_off = row_sum(jnp.where(supp, zero, e_b))
     has_p, has_on, has_off = sum_p > 0, sum_on > 0, sum_off > 0
+    # NaN or +inf in p or q makes a normaliser sum non-finite (all other terms are <= 1).
+    invalid = _invalid(sum_p) | _invalid(sum_on + sum_off)
     sum_p = jnp.where(has_p, sum_p, 1.0)
     s = jnp.where(has_on, row_sum(u) / sum_p, 0.0)
     # x = log(Q mass off supp P / Q mass on it), -inf when nothing is off.
@@ -163,9 +172,8 @@ def _kl_rows(p: Array, q: Array) -> _KLStats:
         -jnp.inf,
     )
     kl = jnp.maximum(row_sum(v) / sum_p - log1pmx_neg(s) + softplus(x), 0.0)
-    kl = jnp.where(jnp.any(supp & (q == -jnp.inf), axis=-1), jnp.inf, kl)
     kl = jnp.where(has_p, kl, 0.0)
-    kl = jnp.where(_invalid(p) | _invalid(q), jnp.nan, kl)
+    kl = jnp.where(invalid, jnp.nan, kl)
 
     lse_p = jnp.where(has_p, shift_p + jnp.log(sum_p), -jnp.inf)
     # Q's normaliser relative to shift_all: the on-support part is rescaled.
@@ -242,13 +250,14 @@ def _xent_rows(p: Array, q: Array) -> _XentStats:
     supp = _support(norm_p.exp_centred)
     read = supp & (q > -jnp.inf)
     centred_q = jnp.where(read, norm_q.centred, 0.0)
-    neg_log_q = jnp.where(read, norm_q.log_sum[..., None] - centred_q, 0.0)
-    has_p = jnp.isfinite(norm_p.log_sum)
+    # -log Q_i >= 0, and +inf where Q_i = 0 < P_i.
+    neg_log_q = jnp.where(read, norm_q.log_sum[..., None] - centred_q, jnp.inf)
+    neg_log_q = jnp.where(supp, neg_log_q, 0.0)
+    has_p = norm_p.log_sum > -jnp.inf
     mass = jnp.exp(jnp.where(has_p, norm_p.log_sum, 0.0))
     value = row_sum(norm_p.exp_centred * neg_log_q) / mass
-    value = jnp.where(jnp.any(supp & (q == -jnp.inf), axis=-1), jnp.inf, value)
     value = jnp.where(has_p, value, 0.0)
-    value = jnp.where(_invalid(p) | _invalid(q), jnp.nan, value)
+    value = jnp.where(_invalid(norm_p.log_sum) | _invalid(norm_q.log_sum), jnp.nan, value)
     return _XentStats(value, _log_sum_exp(norm_p), _log_sum_exp(norm_q))
 
 
@@ -313,7 +322,7 @@ def _label_rows(logits: Array, labels: Array) -> tuple[Array, Array]:
     finite = picked > -jnp.inf
     value = jnp.where(finite, norm.log_sum - jnp.where(finite, picked, 0.0), jnp.inf)
     value = jnp.where(jnp.isfinite(norm.log_sum), value, jnp.inf)
-    value = jnp.where(in_range & ~_invalid(logits), value, jnp.nan)
+    value = jnp.where(in_range & ~_invalid(norm.log_sum), value, jnp.nan)
     return value, _log_sum_exp(norm)
 
 

@@ -1,0 +1,230 @@
+"""Benchmark cases shared by the pytest-benchmark suite and the report command.
+
+Each kernel is timed against the formulations users write today:
+
+* ``numpy``: the textbook formula in float32 NumPy, as users write it;
+* ``optax``: optax's composition, jitted (autodiff for the gradients);
+* ``roofline``: a jitted pass that reads the inputs once with the minimum
+  number of ``exp`` per element (and, for forward+backward, writes the
+  gradient arrays) -- the practical floor on a CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxdiv
+
+KERNELS = ("kl", "ce_labels")
+MODES = ("fwd", "fwd+bwd")
+
+
+@dataclasses.dataclass
+class Inputs:
+    """Logits for one case: several copies, rotated between timed calls."""
+
+    p: list            # jax arrays [rows, classes]
+    q: list
+    labels: list       # int32 [rows]
+    p_np: np.ndarray   # float32 NumPy copies of the first set (for numpy / accuracy)
+    q_np: np.ndarray
+    labels_np: np.ndarray
+
+
+def make_inputs(rows: int, classes: int, dtype=jnp.float32, copies: int = 2, seed: int = 0) -> Inputs:
+    keys = jax.random.split(jax.random.key(seed), 3 * copies)
+    p = [jax.random.normal(keys[3 * i], (rows, classes), dtype) for i in range(copies)]
+    q = [jax.random.normal(keys[3 * i + 1], (rows, classes), dtype) for i in range(copies)]
+    labels = [jax.random.randint(keys[3 * i + 2], (rows,), 0, classes) for i in range(copies)]
+    return Inputs(
+        p, q, labels,
+        np.asarray(p[0], np.float32), np.asarray(q[0], np.float32), np.asarray(labels[0]),
+    )
+
+
+# ---------------------------------------------------------------- the formulas
+
+
+def numpy_kl(p_logits, q_logits):
+    p = np.exp(p_logits - p_logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    q = np.exp(q_logits - q_logits.max(-1, keepdims=True))
+    q /= q.sum(-1, keepdims=True)
+    return np.sum(p * (np.log(p) - np.log(q)), axis=-1)
+
+
+def numpy_ce_labels(logits, labels):
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    return -np.take_along_axis(log_probs, labels[:, None], -1)[:, 0]
+
+
+def optax_kl(p_logits, q_logits):
+    import optax
+
+    return optax.losses.kl_divergence_with_log_targets(
+        jax.nn.log_softmax(q_logits), jax.nn.log_softmax(p_logits)
+    )
+
+
+def optax_ce_labels(logits, labels):
+    import optax
+
+    return optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def _roofline_two_inputs(p, q):
+    return jnp.sum(jnp.exp(p) * jnp.exp(q), axis=-1)
+
+
+def _roofline_two_inputs_grad(p, q):
+    return jnp.exp(p), jnp.exp(q)
+
+
+def _roofline_one_input(x, labels):
+    return jnp.sum(jnp.exp(x), axis=-1)
+
+
+def _roofline_one_input_grad(x, labels):
+    return jnp.exp(x)
+
+
+# kernel -> implementation -> function of (first, second) for the forward pass
+FORWARD: dict[str, dict[str, Callable]] = {
+    "kl": {
+        "jaxdiv": jaxdiv.kl_divergence,
+        "optax": optax_kl,
+        "numpy": numpy_kl,
+        "roofline": _roofline_two_inputs,
+    },
+    "ce_labels": {
+        "jaxdiv": jaxdiv.cross_entropy_with_integer_labels,
+        "optax": optax_ce_labels,
+        "numpy": numpy_ce_labels,
+        "roofline": _roofline_one_input,
+    },
+}
+
+GRAD_ARGNUMS = {"kl": (0, 1), "ce_labels": (0,)}
+ROOFLINE_GRAD = {"kl": _roofline_two_inputs_grad, "ce_labels": _roofline_one_input_grad}
+
+
+def _args(kernel: str, inputs: Inputs, i: int):
+    second = inputs.q[i] if kernel == "kl" else inputs.labels[i]
+    return inputs.p[i], second
+
+
+def _numpy_args(kernel: str, inputs: Inputs):
+    return inputs.p_np, (inputs.q_np if kernel == "kl" else inputs.labels_np)
+
+
+def jitted(kernel: str, impl: str, mode: str) -> Callable | None:
+    """The jitted callable for one case, or None where it does not exist."""
+    if impl == "numpy":
+        return None
+    if impl == "roofline":
+        return jax.jit(FORWARD[kernel][impl] if mode == "fwd" else ROOFLINE_GRAD[kernel])
+    f = FORWARD[kernel][impl]
+    if mode == "fwd":
+        return jax.jit(f)
+    return jax.jit(jax.value_and_grad(lambda a, b: f(a, b).sum(), argnums=GRAD_ARGNUMS[kernel]))
+
+
+def callables(kernel: str, impl: str, mode: str, inputs: Inputs) -> list[Callable[[], Any]] | None:
+    """Zero-argument calls, one per input copy (rotated when timed); None if n/a."""
+    if impl == "numpy":
+        if mode != "fwd":
+            return None
+        args = _numpy_args(kernel, inputs)
+        return [lambda: FORWARD[kernel]["numpy"](*args)]
+    f = jitted(kernel, impl, mode)
+    return [
+        (lambda a=_args(kernel, inputs, i): jax.block_until_ready(f(*a)))
+        for i in range(len(inputs.p))
+    ]
+
+
+def temp_bytes(kernel: str, impl: str, mode: str, inputs: Inputs) -> int | None:
+    """Compiled temporary memory (XLA ``memory_analysis``) of one case."""
+    f = jitted(kernel, impl, mode)
+    if f is None:
+        return None
+    stats = f.lower(*_args(kernel, inputs, 0)).compile().memory_analysis()
+    return None if stats is None else int(stats.temp_size_in_bytes)
+
+
+def median_time(calls: list[Callable[[], Any]], repeats: int) -> float:
+    """Median wall time of ``repeats`` calls after one untimed warm-up per input copy."""
+    for call in calls:
+        call()
+    times = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        calls[i % len(calls)]()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# --------------------------------------------------------------------- accuracy
+
+
+def accuracy_inputs(kernel: str, regime: str, rows: int = 64, classes: int = 4096, seed: int = 1):
+    """float32 inputs for the accuracy columns.
+
+    ``ordinary``: independent standard-normal logits. ``near``: for KL,
+    ``q = p + 1e-4 * noise`` (KL ~ 1e-8, the regime of RLHF penalties and late
+    distillation); for integer-label CE, confident predictions (logit scale 20,
+    the label at the arg-max, CE down to ~1e-8).
+    """
+    rng = np.random.default_rng(seed)
+    p = rng.standard_normal((rows, classes)).astype(np.float32)
+    if kernel == "kl":
+        noise = 1e-4 if regime == "near" else None
+        q = (p + noise * rng.standard_normal(p.shape) if noise else rng.standard_normal(p.shape))
+        return p, q.astype(np.float32)
+    if regime == "near":
+        p = (20 * p).astype(np.float32)
+        return p, np.argmax(p, -1).astype(np.int32)
+    return p, rng.integers(0, classes, rows).astype(np.int32)
+
+
+def relative_error(kernel: str, impl: str, regime: str) -> float | None:
+    """Max float32 relative error against the float64 value of the same inputs."""
+    from tests import reference
+
+    if impl == "roofline":
+        return None
+    first, second = accuracy_inputs(kernel, regime)
+    want = reference.kl(first, second) if kernel == "kl" else reference.integer_cross_entropy(first, second)
+    got = np.asarray(FORWARD[kernel][impl](first, second), np.float64)
+    return float(np.max(np.abs(got - want) / np.abs(want)))
+
+
+CLOSENESS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+
+
+def kl_accuracy_sweep(rows: int = 64, classes: int = 4096, seed: int = 2) -> list[dict]:
+    """KL relative error vs float64 as Q approaches P (``q = p + eps * noise``)."""
+    from tests import reference
+
+    rng = np.random.default_rng(seed)
+    p = rng.standard_normal((rows, classes)).astype(np.float32)
+    noise = rng.standard_normal((rows, classes))
+    out = []
+    for eps in CLOSENESS:
+        q = (p + eps * noise).astype(np.float32)
+        want = reference.kl(p, q)
+        row = {"eps": eps, "kl": float(np.median(want))}
+        for impl in ("jaxdiv", "optax", "numpy"):
+            got = np.asarray(FORWARD["kl"][impl](p, q), np.float64)
+            row[impl] = float(np.max(np.abs(got - want) / want))
+            row[impl + "_negative"] = int(np.sum(got < 0))
+        out.append(row)
+    return out
