@@ -340,9 +340,10 @@ def _integer_cross_entropy_jvp(primals, tangents):
         return value, jnp.zeros_like(value)
     num_classes = logits.shape[-1]
     in_range = (labels >= 0) & (labels < num_classes)
-    index = jnp.clip(labels, 0, max(num_classes - 1, 0))[..., None]
-    picked = jnp.take_along_axis(dlogits, index, axis=-1)[..., 0]
-    tangent = row_sum(_softmax(logits, lse) * dlogits) - picked
+    # onehot as a compare, not a gather: its transpose is then an elementwise
+    # loop fused with the softmax, not a scatter into the gradient.
+    onehot = jax.lax.broadcasted_iota(labels.dtype, logits.shape, logits.ndim - 1) == labels[..., None]
+    tangent = row_sum((_softmax(logits, lse) - onehot) * dlogits)
     # An out-of-range label poisons its own row's gradient, linearly.
     return value, tangent * jnp.where(in_range, 1.0, jnp.nan)
 
