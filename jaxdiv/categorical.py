@@ -204,19 +204,20 @@ def _kl_jvp(primals, tangents):
     p, q = primals
     dp, dq = tangents
     stats = _row_stats(map_rows(_kl_rows, p, q))
-    probs_p, probs_q = _softmax(p, stats.lse_p), _softmax(q, stats.lse_q)
-    read = _support(probs_p) & (q > -jnp.inf)
+    # P is formed twice, as exp(p - lse) and exp(p + (-lse)), so that XLA does not
+    # share it between the two gradients: one exp more per class beats
+    # materialising P as a [..., C] temporary.
+    probs_p = _softmax(p, stats.lse_p)
+    probs_p_own = jnp.exp(p + (-jnp.where(stats.lse_p > -jnp.inf, stats.lse_p, 0.0))[..., None])
+    read = _support(probs_p_own) & (q > -jnp.inf)
     finite = jnp.isfinite(stats.kl)[..., None]
     kl = jnp.where(finite, stats.kl[..., None], 0.0)
     log_ratio = (_difference(q, p, read) - stats.shift[..., None]) - stats.gap[..., None]
     log_ratio = jnp.where(read, log_ratio, 0.0)
     # A +inf KL stays +inf under any finite change of p_logits: its p-gradient is 0.
-    # exp(p + (-lse)) is P written so that XLA does not share it with coef_q: one
-    # exp more per class beats materialising P as a [..., C] temporary.
-    probs_p_own = jnp.exp(p + (-jnp.where(stats.lse_p > -jnp.inf, stats.lse_p, 0.0))[..., None])
     coef_p = jnp.where(read & finite, -probs_p_own * (log_ratio + kl), 0.0)
     # d/dq of sum(P) lse(q) - <P, q>: Q - P, and 0 where P has no mass.
-    coef_q = jnp.where(_has_mass(stats.lse_p), probs_q - probs_p, 0.0)
+    coef_q = jnp.where(_has_mass(stats.lse_p), _softmax(q, stats.lse_q) - probs_p, 0.0)
     return stats.kl, _inner(coef_p, dp) + _inner(coef_q, dq)
 
 
