@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".venv"
-EXTRAS = "test,bench"
+EXTRAS = "test,bench,examples"
 
 
 def _venv_python() -> Path:

@@ -22,7 +22,10 @@ import numpy as np
 
 import jaxdiv
 
-KERNELS = ("kl", "ce_labels")
+KERNELS = ("kl", "ce_labels", "gaussian_kl")
+
+# Default sizes [rows, classes] (for gaussian_kl: [batch, latent dimensions]).
+SIZES = {"kl": (4096, 32000), "ce_labels": (4096, 32000), "gaussian_kl": (65536, 256)}
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -64,6 +67,15 @@ def numpy_ce_labels(logits, labels):
     shifted = logits - logits.max(-1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
     return -np.take_along_axis(log_probs, labels[:, None], -1)[:, 0]
+
+
+def numpy_vae_kl(mean, log_var):
+    return -0.5 * np.sum(1 + log_var - mean**2 - np.exp(log_var), axis=-1)
+
+
+def jax_vae_kl(mean, log_var):
+    """The hand-written VAE term, as it appears in most JAX code bases."""
+    return -0.5 * jnp.sum(1 + log_var - mean**2 - jnp.exp(log_var), axis=-1)
 
 
 def optax_kl(p_logits, q_logits):
@@ -110,19 +122,33 @@ FORWARD: dict[str, dict[str, Callable]] = {
         "numpy": numpy_ce_labels,
         "roofline": _roofline_one_input,
     },
+    # optax has no Gaussian KL: the baseline is the hand-written formula under jit.
+    "gaussian_kl": {
+        "jaxdiv": jaxdiv.gaussian.kl_standard_normal,
+        "optax": jax_vae_kl,
+        "numpy": numpy_vae_kl,
+        "roofline": _roofline_two_inputs,
+    },
 }
 
-GRAD_ARGNUMS = {"kl": (0, 1), "ce_labels": (0,)}
-ROOFLINE_GRAD = {"kl": _roofline_two_inputs_grad, "ce_labels": _roofline_one_input_grad}
+# What the "optax" column holds for each kernel.
+BASELINE_NAME = {"kl": "optax", "ce_labels": "optax", "gaussian_kl": "hand-written JAX"}
+
+GRAD_ARGNUMS = {"kl": (0, 1), "ce_labels": (0,), "gaussian_kl": (0, 1)}
+ROOFLINE_GRAD = {
+    "kl": _roofline_two_inputs_grad,
+    "ce_labels": _roofline_one_input_grad,
+    "gaussian_kl": _roofline_two_inputs_grad,
+}
 
 
 def _args(kernel: str, inputs: Inputs, i: int):
-    second = inputs.q[i] if kernel == "kl" else inputs.labels[i]
+    second = inputs.labels[i] if kernel == "ce_labels" else inputs.q[i]
     return inputs.p[i], second
 
 
 def _numpy_args(kernel: str, inputs: Inputs):
-    return inputs.p_np, (inputs.q_np if kernel == "kl" else inputs.labels_np)
+    return inputs.p_np, (inputs.labels_np if kernel == "ce_labels" else inputs.q_np)
 
 
 def jitted(kernel: str, impl: str, mode: str) -> Callable | None:
@@ -181,10 +207,15 @@ def accuracy_inputs(kernel: str, regime: str, rows: int = 64, classes: int = 409
     ``ordinary``: independent standard-normal logits. ``near``: for KL,
     ``q = p + 1e-4 * noise`` (KL ~ 1e-8, the regime of RLHF penalties and late
     distillation); for integer-label CE, confident predictions (logit scale 20,
-    the label at the arg-max, CE down to ~1e-8).
+    the label at the arg-max, CE down to ~1e-8); for the Gaussian KL, a
+    posterior within 1e-4 of the standard-normal prior.
     """
     rng = np.random.default_rng(seed)
     p = rng.standard_normal((rows, classes)).astype(np.float32)
+    if kernel == "gaussian_kl":
+        # mean and log-variance; "near": a posterior 1e-4 away from the prior.
+        scale = 1e-4 if regime == "near" else 1.0
+        return (scale * p).astype(np.float32), (scale * rng.standard_normal(p.shape)).astype(np.float32)
     if kernel == "kl":
         noise = 1e-4 if regime == "near" else None
         q = (p + noise * rng.standard_normal(p.shape) if noise else rng.standard_normal(p.shape))
@@ -202,7 +233,12 @@ def relative_error(kernel: str, impl: str, regime: str) -> float | None:
     if impl == "roofline":
         return None
     first, second = accuracy_inputs(kernel, regime)
-    want = reference.kl(first, second) if kernel == "kl" else reference.integer_cross_entropy(first, second)
+    if kernel == "gaussian_kl":
+        want = reference.gaussian_kl(first, second, 0 * first, 0 * second)
+    elif kernel == "kl":
+        want = reference.kl(first, second)
+    else:
+        want = reference.integer_cross_entropy(first, second)
     got = np.asarray(FORWARD[kernel][impl](first, second), np.float64)
     return float(np.max(np.abs(got - want) / np.abs(want)))
 

@@ -1,5 +1,6 @@
 """jaxdiv: exact, log-space divergences for JAX, with defined values and gradients at zero probability."""
 
+from jaxdiv import gaussian
 from jaxdiv.categorical import (
     cross_entropy,
     cross_entropy_with_integer_labels,
@@ -15,6 +16,7 @@ __all__ = [
     "cross_entropy",
     "cross_entropy_with_integer_labels",
     "entropy",
+    "gaussian",
     "kl_divergence",
     "validate_labels",
 ]

@@ -54,12 +54,14 @@ def expm1mx(x: jax.Array) -> jax.Array:
     r""":math:`\varphi(x) = e^x - 1 - x`, with full relative accuracy near 0.
 
     ``expm1(x) - x`` cancels to noise for small ``x`` (it returns 0 below ~1e-4 in
-    float32); a short series replaces it there. ``phi(-inf) = +inf``; ``phi`` is
+    float32); a short series replaces it there. ``phi(+-inf) = +inf``; ``phi`` is
     ``>= 0`` everywhere, with ``phi(0) = 0`` exactly.
     """
     small = jnp.abs(x) < _PHI_SERIES_RADIUS
     series = phi_series(jnp.where(small, x, jnp.zeros_like(x)))
-    direct = jnp.expm1(jnp.where(small, jnp.ones_like(x), x)) - x
+    infinite = x == jnp.inf
+    x_direct = jnp.where(small | infinite, jnp.ones_like(x), x)
+    direct = jnp.where(infinite, jnp.inf, jnp.expm1(x_direct) - x_direct)
     return jnp.maximum(jnp.where(small, series, direct), 0)
 
 
