@@ -13,9 +13,10 @@ def test_every_case_runs_and_agrees(kernel):
     inputs = cases.make_inputs(8, 16)
     values = {}
     for impl in ("jaxdiv", "optax", "numpy"):
-        calls = cases.callables(kernel, impl, "fwd", inputs)
-        values[impl] = np.asarray(calls[0]() if impl == "numpy" else cases.jitted(kernel, impl, "fwd")(
-            inputs.p[0], inputs.q[0] if kernel == "kl" else inputs.labels[0]))
+        if impl == "numpy":
+            values[impl] = np.asarray(cases.callables(kernel, impl, "fwd", inputs)[0]())
+        else:
+            values[impl] = np.asarray(cases.jitted(kernel, impl, "fwd")(*cases._args(kernel, inputs, 0)))
     np.testing.assert_allclose(values["jaxdiv"], values["optax"], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(values["jaxdiv"], values["numpy"], rtol=1e-4, atol=1e-6)
     for impl in ("jaxdiv", "optax", "roofline"):
@@ -25,12 +26,14 @@ def test_every_case_runs_and_agrees(kernel):
 
 
 def test_report_writes_json_and_markdown(tmp_path, capsys):
-    report.main(["--rows", "4", "--classes", "8", "--repeats", "1", "--out", str(tmp_path)])
+    report.main(["--rows", "4", "--classes", "8", "--gaussian-batch", "4", "--gaussian-dims", "3",
+                 "--repeats", "1", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "results.json").read_text())
     assert {r["impl"] for r in data["results"]} == {"jaxdiv", "optax", "numpy", "roofline"}
     assert len(data["kl_accuracy_sweep"]) == len(cases.CLOSENESS)
     table = (tmp_path / "results.md").read_text()
-    assert "| kl | fwd | jaxdiv |" in table and "KL accuracy as Q approaches P" in table
+    assert "| kl | 4x8 | fwd | jaxdiv |" in table and "| gaussian_kl | 4x3 | fwd+bwd |" in table
+    assert "KL accuracy as Q approaches P" in table
     assert "jaxdiv speed-up" in capsys.readouterr().out
 
 
