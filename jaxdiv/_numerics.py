@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 # Above this |x| the direct forms of phi and psi lose less than their series'
 # truncation; both series are cut where the next term is below 1e-9 relative.
@@ -63,6 +64,23 @@ def expm1mx(x: jax.Array) -> jax.Array:
     x_direct = jnp.where(small | infinite, jnp.ones_like(x), x)
     direct = jnp.where(infinite, jnp.inf, jnp.expm1(x_direct) - x_direct)
     return jnp.maximum(jnp.where(small, series, direct), 0)
+
+
+def expm1mx_finite(x: jax.Array) -> jax.Array:
+    r""":func:`expm1mx` for finite ``x``, written without compares or selects.
+
+    XLA:CPU fuses this form into a following reduction (its fused reductions
+    accept min/max/abs/exp but no compare or select), so an elementwise-then-sum
+    divergence runs as one pass. The series is evaluated at ``x`` clipped to its
+    radius and replaced, outside it, by the direct form through an exact 0/1
+    weight. Infinite ``x`` gives NaN: callers fall back to :func:`expm1mx`.
+    Its autodiff is NaN-free (no branch divides by zero or overflows).
+    """
+    radius = _PHI_SERIES_RADIUS
+    clipped = x * (radius / jnp.maximum(jnp.abs(x), radius))
+    outside = jnp.minimum(1.0, 1e30 * jnp.maximum(jnp.abs(x) - radius, 0.0))
+    series = phi_series(clipped)
+    return series + outside * ((jnp.expm1(x) - x) - series)
 
 
 def log1pmx_neg(s: jax.Array) -> jax.Array:
@@ -140,3 +158,21 @@ def map_rows(fn, *arrays):
     else:
         out = jax.lax.map(lambda xs: fn(*xs), flat, batch_size=block)
     return jax.tree.map(lambda o: o.reshape(batch + o.shape[1:]), out)
+
+
+_ROW_STATS = "jaxdiv_row_stats"
+
+
+def recompute_in_backward(fn):
+    """Under reverse mode, keep only what :func:`row_stats` marks; recompute the rest.
+
+    Wrapped around a function with a custom JVP rule, this makes the backward pass
+    re-read the inputs instead of holding ``[..., C]`` temporaries (probabilities,
+    coefficients) between the forward and the backward pass.
+    """
+    return jax.checkpoint(fn, policy=jax.checkpoint_policies.save_only_these_names(_ROW_STATS))
+
+
+def row_stats(stats):
+    """Mark per-row statistics as the residuals kept for the backward pass."""
+    return jax.tree.map(lambda s: checkpoint_name(s, _ROW_STATS), stats)

@@ -31,7 +31,6 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.ad_checkpoint import checkpoint_name
 from jax.custom_derivatives import SymbolicZero
 
 from jaxdiv import _checks
@@ -41,7 +40,9 @@ from jaxdiv._numerics import (
     log_normaliser,
     map_rows,
     phi_series,
+    recompute_in_backward,
     row_max,
+    row_stats,
     row_sum,
     softplus,
     _PHI_SERIES_RADIUS,
@@ -57,23 +58,6 @@ __all__ = [
     "cross_entropy_with_integer_labels",
     "validate_labels",
 ]
-
-_ROW_STATS = "jaxdiv_row_stats"
-
-
-def _keep_row_stats(fn):
-    """Under reverse mode, save only per-row statistics and recompute the rest.
-
-    The backward pass then re-reads the logits instead of holding ``[..., C]``
-    temporaries (probabilities, log-ratios) between forward and backward.
-    """
-    return jax.checkpoint(fn, policy=jax.checkpoint_policies.save_only_these_names(_ROW_STATS))
-
-
-def _row_stats(stats):
-    """Mark per-row statistics as the residuals kept for the backward pass."""
-    return jax.tree.map(lambda s: checkpoint_name(s, _ROW_STATS), stats)
-
 
 def _is_zero(t) -> bool:
     return isinstance(t, SymbolicZero)
@@ -203,7 +187,7 @@ def _kl(p: Array, q: Array) -> Array:
 def _kl_jvp(primals, tangents):
     p, q = primals
     dp, dq = tangents
-    stats = _row_stats(map_rows(_kl_rows, p, q))
+    stats = row_stats(map_rows(_kl_rows, p, q))
     # P is formed twice, as exp(p - lse) and exp(p + (-lse)), so that XLA does not
     # share it between the two gradients: one exp more per class beats
     # materialising P as a [..., C] temporary.
@@ -222,7 +206,7 @@ def _kl_jvp(primals, tangents):
 
 
 _kl.defjvp(_kl_jvp, symbolic_zeros=True)
-_kl = _keep_row_stats(_kl)
+_kl = recompute_in_backward(_kl)
 
 
 # ------------------------------------------------------ cross-entropy, entropy
@@ -279,7 +263,7 @@ def _cross_entropy(p: Array, q: Array) -> Array:
 def _cross_entropy_jvp(primals, tangents):
     p, q = primals
     dp, dq = tangents
-    stats = _row_stats(map_rows(_xent_rows, p, q))
+    stats = row_stats(map_rows(_xent_rows, p, q))
     read = _support(_softmax(p, stats.lse_p)) & (q > -jnp.inf)
     coef_p = _xent_coef_p(p, stats.lse_q[..., None] - jnp.where(read, q, 0.0), stats, read)
     coef_q = jnp.where(
@@ -289,7 +273,7 @@ def _cross_entropy_jvp(primals, tangents):
 
 
 _cross_entropy.defjvp(_cross_entropy_jvp, symbolic_zeros=True)
-_cross_entropy = _keep_row_stats(_cross_entropy)
+_cross_entropy = recompute_in_backward(_cross_entropy)
 
 
 @jax.custom_jvp
@@ -300,14 +284,14 @@ def _entropy(p: Array) -> Array:
 # Closed form: dH/dp = P (-log P - H); autodiff would read log P at P = 0.
 def _entropy_jvp(primals, tangents):
     (p,), (dp,) = primals, tangents
-    stats = _row_stats(map_rows(lambda x: _xent_rows(x, x), p))
+    stats = row_stats(map_rows(lambda x: _xent_rows(x, x), p))
     read = _support(_softmax(p, stats.lse_p))
     coef = _xent_coef_p(p, stats.lse_p[..., None] - jnp.where(read, p, 0.0), stats, read)
     return stats.value, _inner(coef, dp)
 
 
 _entropy.defjvp(_entropy_jvp, symbolic_zeros=True)
-_entropy = _keep_row_stats(_entropy)
+_entropy = recompute_in_backward(_entropy)
 
 
 # ------------------------------------------------------------- integer labels
@@ -336,7 +320,7 @@ def _integer_cross_entropy(logits: Array, labels: Array) -> Array:
 def _integer_cross_entropy_jvp(primals, tangents):
     logits, labels = primals
     dlogits = tangents[0]
-    value, lse = _row_stats(map_rows(_label_rows, logits, labels))
+    value, lse = row_stats(map_rows(_label_rows, logits, labels))
     if _is_zero(dlogits):
         return value, jnp.zeros_like(value)
     num_classes = logits.shape[-1]
@@ -350,7 +334,7 @@ def _integer_cross_entropy_jvp(primals, tangents):
 
 
 _integer_cross_entropy.defjvp(_integer_cross_entropy_jvp, symbolic_zeros=True)
-_integer_cross_entropy = _keep_row_stats(_integer_cross_entropy)
+_integer_cross_entropy = recompute_in_backward(_integer_cross_entropy)
 
 
 # ------------------------------------------------------------------ public API

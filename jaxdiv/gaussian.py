@@ -25,9 +25,10 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 from jaxdiv import _checks
-from jaxdiv._numerics import expm1mx
+from jaxdiv._numerics import expm1mx, expm1mx_finite, recompute_in_backward, row_stats
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -69,6 +70,63 @@ def _event_sum(terms: Array, axis: int, where: Optional[Array]) -> Array:
     return jnp.sum(terms, axis=axis)
 
 
+def _fused_or_safe(fused, safe, args, axis):
+    """``sum(fused(*args))`` when every result is finite, else ``sum(safe(*args))``.
+
+    ``fused`` is the same closed form written without selects, so that XLA:CPU
+    runs the elementwise terms and the event sum as one pass; it is exact for
+    finite inputs. Infinite or NaN parameters and overflow take the select-based
+    ``safe`` path (a batch-level ``lax.cond``), which defines every edge case.
+    """
+    value = jnp.sum(fused(*args), axis=axis)
+    if value.size == 0:
+        return value
+    return jax.lax.cond(
+        jnp.all(jnp.isfinite(value)),
+        lambda: value,
+        lambda: jnp.sum(safe(*args), axis=axis),
+    )
+
+
+def _kl_terms(mp, vp, mq, vq):
+    return expm1mx(_log_ratio(vp, vq)) + _scaled_square(mp - mq, vq)
+
+
+def _kl_terms_fused(mp, vp, mq, vq):
+    return expm1mx_finite(vp - vq) + jnp.square((mp - mq) * jnp.exp(-0.5 * vq))
+
+
+@jax.custom_jvp
+def _diag_kl(mp, vp, mq, vq):
+    """KL of diagonal Gaussians whose event axis is the last one."""
+    total = _fused_or_safe(_kl_terms_fused, _kl_terms, (mp, vp, mq, vq), -1)
+    return jnp.maximum(0.5 * total, 0.0)
+
+
+# Closed forms: d/dv_p = expm1(d)/2, d/dv_q = -expm1(d)/2 - (dmu^2 e^{-v_q})/2,
+# d/dmu_p = -d/dmu_q = dmu e^{-v_q}; autodiff through the cond would keep the
+# residuals of both branches.
+def _diag_kl_jvp(primals, tangents):
+    mp, vp, mq, vq = primals
+    value = row_stats(_diag_kl(mp, vp, mq, vq))
+    half_expm1 = 0.5 * jnp.expm1(_log_ratio(vp, vq))
+    diff = mp - mq
+    nonzero = diff != 0
+    scaled = jnp.where(nonzero, diff, 1.0) * jnp.exp(-jnp.where(nonzero, vq, 0.0))
+    coef_mean = jnp.where(nonzero, scaled, 0.0)
+    coef_vq = -half_expm1 - 0.5 * _scaled_square(diff, vq)
+    tangent = jnp.zeros_like(value)
+    for coef, t in ((coef_mean, tangents[0]), (half_expm1, tangents[1]),
+                    (-coef_mean, tangents[2]), (coef_vq, tangents[3])):
+        if not isinstance(t, SymbolicZero):   # e.g. the fixed prior of kl_standard_normal
+            tangent = tangent + jnp.sum(coef * t, axis=-1)
+    return value, tangent
+
+
+_diag_kl.defjvp(_diag_kl_jvp, symbolic_zeros=True)
+_diag_kl = recompute_in_backward(_diag_kl)
+
+
 def _prepare_diag(arrays, names, axis, where):
     """Promote, broadcast and mask diagonal-Gaussian parameters (masked entries read as 0)."""
     arrays = [_checks.float_array(a, n) for a, n in zip(arrays, names)]
@@ -91,8 +149,10 @@ def _prepare_diag(arrays, names, axis, where):
         if where.dtype != jnp.bool_:
             raise TypeError(f"where must be a boolean array, got dtype {where.dtype}.")
         where = jnp.broadcast_to(where, shape)
-        # Masked entries are never read: they become a standard normal, whose terms are 0.
+        # Masked entries are never read: they become a standard normal, whose KL
+        # terms are exactly 0 (and whose gradient the select sends nowhere).
         arrays = [jnp.where(where, a, 0.0) for a in arrays]
+    arrays = [jnp.broadcast_to(a, shape) for a in arrays]
     return arrays, axis, where
 
 
@@ -141,8 +201,7 @@ def kl_divergence(
         axis,
         where,
     )
-    terms = expm1mx(_log_ratio(vp, vq)) + _scaled_square(mp - mq, vq)
-    return jnp.maximum(0.5 * _event_sum(terms, axis, where), 0.0)
+    return _diag_kl(*(jnp.moveaxis(a, axis, -1) for a in (mp, vp, mq, vq)))
 
 
 def kl_standard_normal(
@@ -165,7 +224,9 @@ def kl_standard_normal(
       0.0
     """
     (m, v), axis, where = _prepare_diag((mean, log_var), ("mean", "log_var"), axis, where)
-    return jnp.maximum(0.5 * _event_sum(expm1mx(v) + m * m, axis, where), 0.0)
+    m, v = jnp.moveaxis(m, axis, -1), jnp.moveaxis(v, axis, -1)
+    zero = jnp.zeros((), m.dtype)   # a scalar prior broadcasts for free
+    return _diag_kl(m, v, zero, zero)
 
 
 def kl_divergence_scale(
