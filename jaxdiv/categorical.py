@@ -59,6 +59,7 @@ __all__ = [
     "validate_labels",
 ]
 
+
 def _is_zero(t) -> bool:
     return isinstance(t, SymbolicZero)
 

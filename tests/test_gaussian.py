@@ -294,5 +294,8 @@ def test_check_grads_second_order(rng):
     lp, lq = random_tril(rng, (2,), 3), random_tril(rng, (2,), 3)
     check_grads(gaussian.kl_divergence_tril, (mp, lp, mq, lq), order=2, modes=("fwd", "rev"))
     check_grads(gaussian.cross_entropy, (mp, vp, mq, vq), order=2, modes=("fwd", "rev"))
+    check_grads(gaussian.entropy, (vp,), order=2, modes=("fwd", "rev"))
+    check_grads(gaussian.cross_entropy_tril, (mp, lp, mq, lq), order=2, modes=("fwd", "rev"))
+    check_grads(gaussian.entropy_tril, (lp,), order=2, modes=("fwd", "rev"))
     # Nearly equal log-variances: the series branch of phi is differentiated too.
     check_grads(gaussian.kl_divergence, (mp, vp, mp + 1e-3, vp + 1e-3), order=2, modes=("fwd", "rev"))
