@@ -29,7 +29,7 @@ def parse_args(argv=None):
     parser.add_argument("--gaussian-dims", type=int, default=256)
     parser.add_argument("--kernels", nargs="+", default=None, help="subset of: kl ce_labels gaussian_kl")
     parser.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"])
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per case (median)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed calls per case (median)")
     parser.add_argument("--quick", action="store_true", help="small sizes, 2 repeats: a smoke run")
     parser.add_argument("--no-accuracy", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmark-results")
