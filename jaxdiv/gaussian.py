@@ -70,21 +70,21 @@ def _event_sum(terms: Array, axis: int, where: Optional[Array]) -> Array:
     return jnp.sum(terms, axis=axis)
 
 
-def _fused_or_safe(fused, safe, args, axis):
-    """``sum(fused(*args))`` when every result is finite, else ``sum(safe(*args))``.
+def _fused_or_safe(fused, safe, args):
+    """``sum(fused(*args), -1)`` when every result is finite, else the same with ``safe``.
 
     ``fused`` is the same closed form written without selects, so that XLA:CPU
     runs the elementwise terms and the event sum as one pass; it is exact for
     finite inputs. Infinite or NaN parameters and overflow take the select-based
     ``safe`` path (a batch-level ``lax.cond``), which defines every edge case.
     """
-    value = jnp.sum(fused(*args), axis=axis)
+    value = jnp.sum(fused(*args), axis=-1)
     if value.size == 0:
         return value
     return jax.lax.cond(
         jnp.all(jnp.isfinite(value)),
         lambda: value,
-        lambda: jnp.sum(safe(*args), axis=axis),
+        lambda: jnp.sum(safe(*args), axis=-1),
     )
 
 
@@ -99,7 +99,7 @@ def _kl_terms_fused(mp, vp, mq, vq):
 @jax.custom_jvp
 def _diag_kl(mp, vp, mq, vq):
     """KL of diagonal Gaussians whose event axis is the last one."""
-    total = _fused_or_safe(_kl_terms_fused, _kl_terms, (mp, vp, mq, vq), -1)
+    total = _fused_or_safe(_kl_terms_fused, _kl_terms, (mp, vp, mq, vq))
     return jnp.maximum(0.5 * total, 0.0)
 
 
