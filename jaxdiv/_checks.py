@@ -40,6 +40,16 @@ def normalize_axis(axis: int, ndim: int, shapes: str) -> int:
     return int(axis) % ndim
 
 
+def mask(where) -> Optional[jax.Array]:
+    """``where`` as a boolean array (or None); other dtypes are refused, not cast."""
+    if where is None:
+        return None
+    where = jnp.asarray(where)
+    if where.dtype != jnp.bool_:
+        raise TypeError(f"where must be a boolean array, got dtype {where.dtype}.")
+    return where
+
+
 def _describe(names: Sequence[str], arrays: Sequence[jax.Array]) -> str:
     return ", ".join(f"{n} shape {tuple(a.shape)}" for n, a in zip(names, arrays))
 
@@ -77,10 +87,7 @@ def logits(
             f"expected the same number of classes along axis {axis - ndim}, "
             f"got {shapes}."
         )
-    if where is not None:
-        where = jnp.asarray(where)
-        if where.dtype != jnp.bool_:
-            raise TypeError(f"where must be a boolean array, got dtype {where.dtype}.")
+    where = mask(where)
     try:
         shape = np.broadcast_shapes(
             *(a.shape for a in arrays), *(() if where is None else (where.shape,))

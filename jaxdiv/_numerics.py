@@ -83,8 +83,10 @@ def expm1mx_finite(x: jax.Array) -> jax.Array:
     return series + outside * ((jnp.expm1(x) - x) - series)
 
 
-def log1pmx_neg(s: jax.Array) -> jax.Array:
+def neg_log1pmx(s: jax.Array) -> jax.Array:
     r""":math:`\psi(s) = s - \log(1 + s)` for :math:`s > -1`, accurate near 0.
+
+    The negative of ``scipy.special.log1pmx``.
 
     ``psi`` is ``>= 0`` with ``psi(0) = 0`` exactly; it is the correction that
     turns a sum of per-class terms into a divergence once the normalisers of the
@@ -127,11 +129,6 @@ def log_normaliser(logits: jax.Array) -> LogNormaliser:
     ties = row_sum(at_max.astype(logits.dtype)) - 1
     log_sum = jnp.log1p(rest + ties)   # ties = -1 only when the row has no mass
     return LogNormaliser(shift, centred, exp_centred, log_sum)
-
-
-def softplus(x: jax.Array) -> jax.Array:
-    """``log(1 + exp(x))``, exactly 0 at ``-inf``."""
-    return jnp.logaddexp(x, jnp.zeros_like(x))
 
 
 # A block of rows is sized to stay cache-resident: XLA:CPU cannot fuse the

@@ -36,7 +36,7 @@ from jax.custom_derivatives import SymbolicZero
 from jaxdiv import _checks
 from jaxdiv._numerics import (
     finite_or_zero,
-    log1pmx_neg,
+    neg_log1pmx,
     log_normaliser,
     map_rows,
     phi_series,
@@ -44,7 +44,6 @@ from jaxdiv._numerics import (
     row_max,
     row_stats,
     row_sum,
-    softplus,
     _PHI_SERIES_RADIUS,
 )
 
@@ -156,7 +155,7 @@ def _kl_rows(p: Array, q: Array) -> _KLStats:
         - jnp.log(jnp.where(has_on, sum_on, 1.0)),
         -jnp.inf,
     )
-    kl = jnp.maximum(row_sum(v) / sum_p - log1pmx_neg(s) + softplus(x), 0.0)
+    kl = jnp.maximum(row_sum(v) / sum_p - neg_log1pmx(s) + jax.nn.softplus(x), 0.0)
     kl = jnp.where(has_p, kl, 0.0)
     kl = jnp.where(invalid, jnp.nan, kl)
 
@@ -165,13 +164,13 @@ def _kl_rows(p: Array, q: Array) -> _KLStats:
     scale_on = jnp.where(jnp.isfinite(max_q_on), jnp.exp(shift_on - shift_all), 0.0)
     sum_q = sum_off + sum_on * scale_on
     lse_q = jnp.where(sum_q > 0, shift_all + jnp.log(jnp.where(sum_q > 0, sum_q, 1.0)), -jnp.inf)
-    gap = jnp.log1p(s) + softplus(x)
+    gap = jnp.log1p(s) + jax.nn.softplus(x)
     return _KLStats(kl, lse_p, lse_q, c, gap)
 
 
 def _softmax(x: Array, lse: Array) -> Array:
     """``exp(x - lse)``; all zeros for a row without support (``lse = -inf``)."""
-    return jnp.exp(x - jnp.where(lse > -jnp.inf, lse, 0.0)[..., None])
+    return jnp.exp(x - finite_or_zero(lse)[..., None])
 
 
 def _has_mass(lse: Array) -> Array:
@@ -193,7 +192,7 @@ def _kl_jvp(primals, tangents):
     # share it between the two gradients: one exp more per class beats
     # materialising P as a [..., C] temporary.
     probs_p = _softmax(p, stats.lse_p)
-    probs_p_own = jnp.exp(p + (-jnp.where(stats.lse_p > -jnp.inf, stats.lse_p, 0.0))[..., None])
+    probs_p_own = jnp.exp(p + (-finite_or_zero(stats.lse_p))[..., None])
     read = _support(probs_p_own) & (q > -jnp.inf)
     finite = jnp.isfinite(stats.kl)[..., None]
     kl = jnp.where(finite, stats.kl[..., None], 0.0)

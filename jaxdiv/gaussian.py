@@ -144,10 +144,8 @@ def _prepare_diag(arrays, names, axis, where):
         raise ValueError("expected parameters with an event axis, got scalars; use shape [1] "
                          "for a univariate Gaussian.")
     axis = _checks.normalize_axis(axis, len(shape), f"shape {shape}")
+    where = _checks.mask(where)
     if where is not None:
-        where = jnp.asarray(where)
-        if where.dtype != jnp.bool_:
-            raise TypeError(f"where must be a boolean array, got dtype {where.dtype}.")
         where = jnp.broadcast_to(where, shape)
         # Masked entries are never read: they become a standard normal, whose KL
         # terms are exactly 0 (and whose gradient the select sends nowhere).

@@ -280,6 +280,8 @@ def test_errors_name_the_shapes():
         gaussian.kl_divergence_tril(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2))
     with pytest.raises(TypeError, match="log_var must be a real floating-point array"):
         gaussian.entropy(np.zeros(3, np.int32))
+    with pytest.raises(TypeError, match="where must be a boolean array, got dtype float32"):
+        gaussian.kl_standard_normal(np.zeros(3), np.zeros(3), where=np.ones(3, np.float32))
 
 
 # ------------------------------------------------------------- float64 gradients
