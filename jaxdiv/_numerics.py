@@ -173,3 +173,119 @@ def recompute_in_backward(fn):
 def row_stats(stats):
     """Mark per-row statistics as the residuals kept for the backward pass."""
     return jax.tree.map(lambda s: checkpoint_name(s, _ROW_STATS), stats)
+
+
+# ------------------------------------------------------------------ log P / Q
+
+
+def support(exp_centred: jax.Array) -> jax.Array:
+    """The classes where P is nonzero in the working precision.
+
+    A logit whose probability underflows (say -1e4 next to 0) is treated exactly
+    like ``-inf``, so clipping ``-inf`` to a large negative number changes nothing.
+    """
+    return exp_centred > 0
+
+
+def difference(q: jax.Array, p: jax.Array, read: jax.Array) -> jax.Array:
+    """``q - p`` where ``read``, 0 elsewhere, without forming ``-inf - -inf``."""
+    return jnp.where(read, q, 0.0) - jnp.where(read, p, 0.0)
+
+
+def invalid(row_stat: jax.Array) -> jax.Array:
+    """NaN or ``+inf`` in a row statistic that is finite for valid logits.
+
+    Normaliser sums of ``exp(x - max x)`` are at most the class count, and NaN or
+    ``+inf`` in any read logit propagates into them, so checking them costs no
+    pass over the classes.
+    """
+    return ~(row_stat < jnp.inf)
+
+
+class LogRatio(NamedTuple):
+    """Row statistics of a pair of logit arrays, see :func:`log_ratio`."""
+
+    kl: jax.Array         # KL(P || Q); NaN for a row holding NaN or +inf
+    shift_p: jax.Array    # max p (0 for a row without support)
+    log_sum_p: jax.Array  # log sum exp(p - shift_p); -inf for a row without support
+    shift_q: jax.Array    # max q (0 for a row without support)
+    log_sum_q: jax.Array  # log sum exp(q - shift_q); -inf for a row without support
+    shift: jax.Array      # c = max_{supp P} q - max p
+    gap: jax.Array        # (lse_q - lse_p) - c, so log Q - log P = ((q - p) - c) - gap
+
+    @property
+    def lse_p(self) -> jax.Array:
+        return self.shift_p + self.log_sum_p
+
+    @property
+    def lse_q(self) -> jax.Array:
+        return self.shift_q + self.log_sum_q
+
+
+def log_ratio(p: jax.Array, q: jax.Array) -> LogRatio:
+    r"""Row statistics that give :math:`\log P - \log Q` to full accuracy, and :math:`KL(P \| Q)`.
+
+    The difference of the two log-normalisers is the delicate part: computed as
+    ``lse(q) - lse(p)`` it carries an absolute error of a rounding of the
+    normalisers, which is the whole value of a divergence between nearly
+    identical distributions. Here it is ``c + log1p(s) + softplus(x)``: with
+    :math:`a = p - \max p`, :math:`b = q - \max_{\mathrm{supp} P} q`,
+    :math:`r = (q - p) - c` (formed from the raw logits, so it is exact for
+    nearby values) and :math:`c = \max_{\mathrm{supp} P} q - \max p`,
+    :math:`s = \sum_{\mathrm{supp} P} P\,\mathrm{expm1}(r)` is a sum of terms as
+    small as the differences themselves, and :math:`x` is the log ratio of Q's
+    mass off and on the support of P.
+
+    KL comes with it at no extra exponential:
+
+    .. math::
+      KL = \sum P \varphi(r) - \psi(s) + \mathrm{softplus}(x),
+
+    where :math:`P\varphi(r) = (e^b - e^a(1 + r)) / S_p` away from 0.
+    """
+    shift_p = finite_or_zero(row_max(p))
+    e_a = jnp.exp(p - shift_p[..., None])
+    supp = support(e_a)
+    max_q_on = row_max(jnp.where(supp, q, -jnp.inf))
+    shift_on, shift_all = finite_or_zero(max_q_on), finite_or_zero(row_max(q))
+    q_on_supp_finite = supp & (q > -jnp.inf)
+
+    e_b = jnp.exp(q - jnp.where(supp, shift_on[..., None], shift_all[..., None]))
+    c = shift_on - shift_p
+    r = jnp.where(q_on_supp_finite, difference(q, p, q_on_supp_finite) - c[..., None], 0.0)
+    small = jnp.abs(r) < _PHI_SERIES_RADIUS
+    phi = phi_series(jnp.where(small, r, 0.0))
+    zero = jnp.zeros_like(e_a)
+    # e^a * phi(r) and e^a * expm1(r), directly from e^b = e^a e^r when r is not small.
+    # Q_i = 0 < P_i contributes +inf; folding it in here saves a pass.
+    v = jnp.where(small, e_a * phi, e_b - e_a * (1 + r))
+    v = jnp.where(supp, jnp.where(q_on_supp_finite, v, jnp.inf), zero)
+    u = jnp.where(q_on_supp_finite, jnp.where(small, e_a * (r + phi), e_b - e_a), zero)
+
+    sum_p = row_sum(e_a)
+    sum_on = row_sum(jnp.where(supp, e_b, zero))
+    sum_off = row_sum(jnp.where(supp, zero, e_b))
+    has_p, has_on, has_off = sum_p > 0, sum_on > 0, sum_off > 0
+    # NaN or +inf in p or q makes a normaliser sum non-finite (all other terms are <= 1).
+    bad = invalid(sum_p) | invalid(sum_on + sum_off)
+    sum_p = jnp.where(has_p, sum_p, 1.0)
+    s = jnp.where(has_on, row_sum(u) / sum_p, 0.0)
+    # x = log(Q mass off supp P / Q mass on it), -inf when nothing is off.
+    x = jnp.where(
+        has_on & has_off,
+        (shift_all - shift_on)
+        + jnp.log(jnp.where(has_off, sum_off, 1.0))
+        - jnp.log(jnp.where(has_on, sum_on, 1.0)),
+        -jnp.inf,
+    )
+    kl = jnp.maximum(row_sum(v) / sum_p - neg_log1pmx(s) + jax.nn.softplus(x), 0.0)
+    kl = jnp.where(has_p, kl, 0.0)
+    kl = jnp.where(bad, jnp.nan, kl)
+
+    log_sum_p = jnp.where(has_p, jnp.log(sum_p), -jnp.inf)
+    # Q's normaliser relative to shift_all: the on-support part is rescaled.
+    scale_on = jnp.where(jnp.isfinite(max_q_on), jnp.exp(shift_on - shift_all), 0.0)
+    sum_q = sum_off + sum_on * scale_on
+    log_sum_q = jnp.where(sum_q > 0, jnp.log(jnp.where(sum_q > 0, sum_q, 1.0)), -jnp.inf)
+    gap = jnp.log1p(s) + jax.nn.softplus(x)
+    return LogRatio(kl, shift_p, log_sum_p, shift_all, log_sum_q, c, gap)

@@ -35,16 +35,16 @@ from jax.custom_derivatives import SymbolicZero
 
 from jaxdiv import _checks
 from jaxdiv._numerics import (
+    difference,
     finite_or_zero,
-    neg_log1pmx,
+    invalid,
     log_normaliser,
+    log_ratio,
     map_rows,
-    phi_series,
     recompute_in_backward,
-    row_max,
     row_stats,
     row_sum,
-    _PHI_SERIES_RADIUS,
+    support,
 )
 
 Array = jax.Array
@@ -70,102 +70,7 @@ def _inner(coef: Array, tangent) -> Array:
     return row_sum(coef * tangent)
 
 
-def _support(exp_centred: Array) -> Array:
-    """The classes where P is nonzero in the working precision.
-
-    A logit whose probability underflows (say -1e4 next to 0) is treated exactly
-    like ``-inf``, so clipping ``-inf`` to a large negative number changes nothing.
-    """
-    return exp_centred > 0
-
-
-def _difference(q: Array, p: Array, read: Array) -> Array:
-    """``q - p`` where ``read``, 0 elsewhere, without forming ``-inf - -inf``."""
-    return jnp.where(read, q, 0.0) - jnp.where(read, p, 0.0)
-
-
-def _invalid(row_stat: Array) -> Array:
-    """NaN or ``+inf`` in a row statistic that is finite for valid logits.
-
-    Normaliser sums of ``exp(x - max x)`` are at most the class count, and NaN or
-    ``+inf`` in any read logit propagates into them, so checking them costs no
-    pass over the classes.
-    """
-    return ~(row_stat < jnp.inf)
-
-
 # --------------------------------------------------------------------------- KL
-
-
-class _KLStats(NamedTuple):
-    kl: Array          # KL(P || Q)
-    lse_p: Array       # log-normaliser of P, -inf for a row without support
-    lse_q: Array       # log-normaliser of Q, -inf for a row without support
-    shift: Array       # c = max_{supp P} q - max p
-    gap: Array         # (lse_q - lse_p) - c, so log Q - log P = ((q - p) - c) - gap
-
-
-def _kl_rows(p: Array, q: Array) -> _KLStats:
-    r"""KL with every shift chosen so that nothing overflows or cancels.
-
-    With :math:`a = p - \max p` and :math:`b = q - \max_{\mathrm{supp} P} q`,
-    :math:`r = (q - p) - (\max_{\mathrm{supp} P} q - \max p)` (formed from the raw
-    logits, so it is exact for nearby values), :math:`S_p = \sum e^a`,
-    :math:`s = \sum_{\mathrm{supp} P} P\,\mathrm{expm1}(r)` and :math:`x` the log
-    ratio of Q's mass off and on the support of P,
-
-    .. math::
-      KL = \sum P \varphi(r) - \psi(s) + \mathrm{softplus}(x),
-
-    where :math:`P\varphi(r) = (e^b - e^a(1 + r)) / S_p` away from 0, so only the
-    two exponentials ``e^a``, ``e^b`` are needed per class.
-    """
-    shift_p = finite_or_zero(row_max(p))
-    e_a = jnp.exp(p - shift_p[..., None])
-    supp = _support(e_a)
-    max_q_on = row_max(jnp.where(supp, q, -jnp.inf))
-    shift_on, shift_all = finite_or_zero(max_q_on), finite_or_zero(row_max(q))
-    q_on_supp_finite = supp & (q > -jnp.inf)
-
-    e_b = jnp.exp(q - jnp.where(supp, shift_on[..., None], shift_all[..., None]))
-    c = shift_on - shift_p
-    r = jnp.where(q_on_supp_finite, _difference(q, p, q_on_supp_finite) - c[..., None], 0.0)
-    small = jnp.abs(r) < _PHI_SERIES_RADIUS
-    phi = phi_series(jnp.where(small, r, 0.0))
-    zero = jnp.zeros_like(e_a)
-    # e^a * phi(r) and e^a * expm1(r), directly from e^b = e^a e^r when r is not small.
-    # Q_i = 0 < P_i contributes +inf; folding it in here saves a pass.
-    v = jnp.where(small, e_a * phi, e_b - e_a * (1 + r))
-    v = jnp.where(supp, jnp.where(q_on_supp_finite, v, jnp.inf), zero)
-    u = jnp.where(q_on_supp_finite, jnp.where(small, e_a * (r + phi), e_b - e_a), zero)
-
-    sum_p = row_sum(e_a)
-    sum_on = row_sum(jnp.where(supp, e_b, zero))
-    sum_off = row_sum(jnp.where(supp, zero, e_b))
-    has_p, has_on, has_off = sum_p > 0, sum_on > 0, sum_off > 0
-    # NaN or +inf in p or q makes a normaliser sum non-finite (all other terms are <= 1).
-    invalid = _invalid(sum_p) | _invalid(sum_on + sum_off)
-    sum_p = jnp.where(has_p, sum_p, 1.0)
-    s = jnp.where(has_on, row_sum(u) / sum_p, 0.0)
-    # x = log(Q mass off supp P / Q mass on it), -inf when nothing is off.
-    x = jnp.where(
-        has_on & has_off,
-        (shift_all - shift_on)
-        + jnp.log(jnp.where(has_off, sum_off, 1.0))
-        - jnp.log(jnp.where(has_on, sum_on, 1.0)),
-        -jnp.inf,
-    )
-    kl = jnp.maximum(row_sum(v) / sum_p - neg_log1pmx(s) + jax.nn.softplus(x), 0.0)
-    kl = jnp.where(has_p, kl, 0.0)
-    kl = jnp.where(invalid, jnp.nan, kl)
-
-    lse_p = jnp.where(has_p, shift_p + jnp.log(sum_p), -jnp.inf)
-    # Q's normaliser relative to shift_all: the on-support part is rescaled.
-    scale_on = jnp.where(jnp.isfinite(max_q_on), jnp.exp(shift_on - shift_all), 0.0)
-    sum_q = sum_off + sum_on * scale_on
-    lse_q = jnp.where(sum_q > 0, shift_all + jnp.log(jnp.where(sum_q > 0, sum_q, 1.0)), -jnp.inf)
-    gap = jnp.log1p(s) + jax.nn.softplus(x)
-    return _KLStats(kl, lse_p, lse_q, c, gap)
 
 
 def _softmax(x: Array, lse: Array) -> Array:
@@ -179,27 +84,27 @@ def _has_mass(lse: Array) -> Array:
 
 @jax.custom_jvp
 def _kl(p: Array, q: Array) -> Array:
-    return map_rows(_kl_rows, p, q).kl
+    return map_rows(log_ratio, p, q).kl
 
 
 # Closed forms: dKL/dq = Q - P, dKL/dp = -P (log Q - log P + KL); autodiff through
-# the branches of _kl_rows would be slower and leaks NaN at -inf.
+# the branches of log_ratio would be slower and leaks NaN at -inf.
 def _kl_jvp(primals, tangents):
     p, q = primals
     dp, dq = tangents
-    stats = row_stats(map_rows(_kl_rows, p, q))
+    stats = row_stats(map_rows(log_ratio, p, q))
     # P is formed twice, as exp(p - lse) and exp(p + (-lse)), so that XLA does not
     # share it between the two gradients: one exp more per class beats
     # materialising P as a [..., C] temporary.
     probs_p = _softmax(p, stats.lse_p)
     probs_p_own = jnp.exp(p + (-finite_or_zero(stats.lse_p))[..., None])
-    read = _support(probs_p_own) & (q > -jnp.inf)
+    read = support(probs_p_own) & (q > -jnp.inf)
     finite = jnp.isfinite(stats.kl)[..., None]
     kl = jnp.where(finite, stats.kl[..., None], 0.0)
-    log_ratio = (_difference(q, p, read) - stats.shift[..., None]) - stats.gap[..., None]
-    log_ratio = jnp.where(read, log_ratio, 0.0)
+    log_q_over_p = (difference(q, p, read) - stats.shift[..., None]) - stats.gap[..., None]
+    log_q_over_p = jnp.where(read, log_q_over_p, 0.0)
     # A +inf KL stays +inf under any finite change of p_logits: its p-gradient is 0.
-    coef_p = jnp.where(read & finite, -probs_p_own * (log_ratio + kl), 0.0)
+    coef_p = jnp.where(read & finite, -probs_p_own * (log_q_over_p + kl), 0.0)
     # d/dq of sum(P) lse(q) - <P, q>: Q - P, and 0 where P has no mass.
     coef_q = jnp.where(_has_mass(stats.lse_p), _softmax(q, stats.lse_q) - probs_p, 0.0)
     return stats.kl, _inner(coef_p, dp) + _inner(coef_q, dq)
@@ -232,7 +137,7 @@ def _xent_rows(p: Array, q: Array) -> _XentStats:
     """
     norm_p = log_normaliser(p)
     norm_q = norm_p if q is p else log_normaliser(q)
-    supp = _support(norm_p.exp_centred)
+    supp = support(norm_p.exp_centred)
     read = supp & (q > -jnp.inf)
     centred_q = jnp.where(read, norm_q.centred, 0.0)
     # -log Q_i >= 0, and +inf where Q_i = 0 < P_i.
@@ -242,7 +147,7 @@ def _xent_rows(p: Array, q: Array) -> _XentStats:
     mass = jnp.exp(jnp.where(has_p, norm_p.log_sum, 0.0))
     value = row_sum(norm_p.exp_centred * neg_log_q) / mass
     value = jnp.where(has_p, value, 0.0)
-    value = jnp.where(_invalid(norm_p.log_sum) | _invalid(norm_q.log_sum), jnp.nan, value)
+    value = jnp.where(invalid(norm_p.log_sum) | invalid(norm_q.log_sum), jnp.nan, value)
     return _XentStats(value, _log_sum_exp(norm_p), _log_sum_exp(norm_q))
 
 
@@ -264,7 +169,7 @@ def _cross_entropy_jvp(primals, tangents):
     p, q = primals
     dp, dq = tangents
     stats = row_stats(map_rows(_xent_rows, p, q))
-    read = _support(_softmax(p, stats.lse_p)) & (q > -jnp.inf)
+    read = support(_softmax(p, stats.lse_p)) & (q > -jnp.inf)
     coef_p = _xent_coef_p(p, stats.lse_q[..., None] - jnp.where(read, q, 0.0), stats, read)
     coef_q = jnp.where(
         _has_mass(stats.lse_p), _softmax(q, stats.lse_q) - _softmax(p, stats.lse_p), 0.0
@@ -285,7 +190,7 @@ def _entropy(p: Array) -> Array:
 def _entropy_jvp(primals, tangents):
     (p,), (dp,) = primals, tangents
     stats = row_stats(map_rows(lambda x: _xent_rows(x, x), p))
-    read = _support(_softmax(p, stats.lse_p))
+    read = support(_softmax(p, stats.lse_p))
     coef = _xent_coef_p(p, stats.lse_p[..., None] - jnp.where(read, p, 0.0), stats, read)
     return stats.value, _inner(coef, dp)
 
@@ -307,7 +212,7 @@ def _label_rows(logits: Array, labels: Array) -> tuple[Array, Array]:
     finite = picked > -jnp.inf
     value = jnp.where(finite, norm.log_sum - jnp.where(finite, picked, 0.0), jnp.inf)
     value = jnp.where(jnp.isfinite(norm.log_sum), value, jnp.inf)
-    value = jnp.where(in_range & ~_invalid(norm.log_sum), value, jnp.nan)
+    value = jnp.where(in_range & ~invalid(norm.log_sum), value, jnp.nan)
     return value, _log_sum_exp(norm)
 
 
