@@ -1,12 +1,21 @@
 """jaxdiv: exact, log-space divergences for JAX, with defined values and gradients at zero probability."""
 
-from jaxdiv import gaussian
+from jaxdiv import gaussian, probs
 from jaxdiv.categorical import (
     cross_entropy,
     cross_entropy_with_integer_labels,
     entropy,
     kl_divergence,
     validate_labels,
+)
+from jaxdiv.f_divergences import (
+    f_divergence,
+    hellinger_distance,
+    jeffreys_divergence,
+    js_distance,
+    js_divergence,
+    renyi_divergence,
+    total_variation,
 )
 
 __version__ = "0.1.0"
@@ -16,7 +25,15 @@ __all__ = [
     "cross_entropy",
     "cross_entropy_with_integer_labels",
     "entropy",
+    "f_divergence",
     "gaussian",
+    "hellinger_distance",
+    "jeffreys_divergence",
+    "js_distance",
+    "js_divergence",
     "kl_divergence",
+    "probs",
+    "renyi_divergence",
+    "total_variation",
     "validate_labels",
 ]

@@ -54,22 +54,24 @@ def _describe(names: Sequence[str], arrays: Sequence[jax.Array]) -> str:
     return ", ".join(f"{n} shape {tuple(a.shape)}" for n, a in zip(names, arrays))
 
 
-def logits(
+def class_arrays(
     arrays: Sequence,
     names: Sequence[str],
     *,
     axis: int,
     where: Optional[jax.Array],
-) -> tuple[list[jax.Array], int]:
-    """Validate, promote, broadcast and mask logit arrays; move ``axis`` last.
+    fill: float,
+) -> tuple[list[jax.Array], Optional[jax.Array]]:
+    """Validate, promote and broadcast arrays with a class axis; move ``axis`` last.
 
     The class axis is located in the broadcast shape (arrays are right-aligned as
     in NumPy). All arrays must have the same number of classes there; masked
-    entries (``where`` False) are replaced by ``-inf``, so they are never read and
+    entries (``where`` False) are replaced by ``fill``, so they are never read and
     receive a zero gradient.
 
     Returns:
-      the prepared arrays, all of one shape ``[..., C]``, and the class count.
+      the prepared arrays, all of one shape ``[..., C]``, and the broadcast mask
+      (class axis last) or None.
     """
     arrays = [float_array(a, n) for a, n in zip(arrays, names)]
     dtype = jnp.result_type(*arrays)
@@ -99,14 +101,95 @@ def logits(
         ) from None
     if len(shape) > ndim:
         raise ValueError(
-            f"where shape {tuple(where.shape)} has more dimensions than the logits "
+            f"where shape {tuple(where.shape)} has more dimensions than the inputs "
             f"({shapes})."
         )
     arrays = [jnp.broadcast_to(a, shape) for a in arrays]
     if where is not None:
         where = jnp.broadcast_to(where, shape)
-        arrays = [jnp.where(where, a, -jnp.inf) for a in arrays]
-    return [jnp.moveaxis(a, axis, -1) for a in arrays], shape[axis]
+        arrays = [jnp.where(where, a, fill) for a in arrays]
+        where = jnp.moveaxis(where, axis, -1)
+    return [jnp.moveaxis(a, axis, -1) for a in arrays], where
+
+
+def logits(
+    arrays: Sequence,
+    names: Sequence[str],
+    *,
+    axis: int,
+    where: Optional[jax.Array],
+) -> tuple[list[jax.Array], int]:
+    """:func:`class_arrays` for logits: masked entries become ``-inf``.
+
+    Returns:
+      the prepared arrays, all of one shape ``[..., C]``, and the class count.
+    """
+    arrays, _ = class_arrays(arrays, names, axis=axis, where=where, fill=-jnp.inf)
+    return arrays, arrays[0].shape[-1]
+
+
+def probabilities(
+    arrays: Sequence,
+    names: Sequence[str],
+    *,
+    axis: int,
+    where: Optional[jax.Array],
+    eps,
+) -> list[jax.Array]:
+    """:func:`class_arrays` for probabilities or counts: masked entries become 0.
+
+    The pseudo-count ``eps`` is added to every unmasked entry.
+    """
+    if _is_concrete(eps) and not float(eps) >= 0:
+        raise ValueError(f"eps must be a non-negative pseudo-count, got {eps!r}.")
+    arrays, where = class_arrays(arrays, names, axis=axis, where=where, fill=0.0)
+    if where is None:
+        return [a + eps for a in arrays]
+    return [jnp.where(where, a + eps, 0.0) for a in arrays]
+
+
+def _is_concrete(x) -> bool:
+    """A scalar whose value is known at trace time."""
+    if np.ndim(x) != 0:
+        return False
+    try:
+        float(x)
+    except (jax.errors.ConcretizationTypeError, TypeError):
+        return False
+    return True
+
+
+def log_base(base) -> Optional[float]:
+    """``log(base)`` for converting nats, or None for nats (``base=None``)."""
+    if base is None:
+        return None
+    if _is_concrete(base):
+        if not (float(base) > 0 and float(base) != 1 and np.isfinite(float(base))):
+            raise ValueError(
+                f"base must be a positive number other than 1 (e.g. 2 for bits), got {base!r}."
+            )
+        return float(np.log(float(base)))
+    return jnp.log(base)
+
+
+def in_base(value: jax.Array, base) -> jax.Array:
+    """Convert a value in nats to ``base`` (None keeps nats)."""
+    scale = log_base(base)
+    return value if scale is None else value / scale
+
+
+def scalar_parameter(value, name: str, low: float, high: float, *, open_low: bool, open_high: bool):
+    """A scalar parameter, range-checked when it is concrete (traced values are not)."""
+    if np.ndim(value) != 0:
+        raise ValueError(f"{name} must be a scalar, got shape {np.shape(value)}.")
+    if _is_concrete(value):
+        v = float(value)
+        ok = (v > low if open_low else v >= low) and (v < high if open_high else v <= high)
+        if not ok:
+            lo = "(" if open_low else "["
+            hi = ")" if open_high else "]"
+            raise ValueError(f"{name} must lie in {lo}{low}, {high}{hi}, got {value!r}.")
+    return value
 
 
 def integer_labels(labels, batch_shape: tuple[int, ...], logits_shape) -> jax.Array:

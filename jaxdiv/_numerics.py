@@ -41,14 +41,44 @@ def finite_or_zero(x: jax.Array) -> jax.Array:
     return jnp.where(jnp.isfinite(x), x, jnp.zeros_like(x))
 
 
-def phi_series(x: jax.Array) -> jax.Array:
-    r"""Taylor series of :math:`\varphi(x) = e^x - 1 - x`, accurate for :math:`|x| \le 1/2`."""
-    # Horner form of x^2 * sum_{k>=0} x^k / (k+2)!, through x^9.
+def _phi_over_x_squared(x: jax.Array) -> jax.Array:
+    """Horner form of sum_{k>=0} x^k / (k+2)!, through x^7 (|x| <= 1/2)."""
     coefs = (1 / 362880, 1 / 40320, 1 / 5040, 1 / 720, 1 / 120, 1 / 24, 1 / 6, 1 / 2)
     acc = jnp.full_like(x, coefs[0])
     for c in coefs[1:]:
         acc = acc * x + c
-    return acc * x * x
+    return acc
+
+
+def phi_series(x: jax.Array) -> jax.Array:
+    r"""Taylor series of :math:`\varphi(x) = e^x - 1 - x`, accurate for :math:`|x| \le 1/2`."""
+    return _phi_over_x_squared(x) * x * x
+
+
+def phi_over_x_series(x: jax.Array) -> jax.Array:
+    r""":math:`\varphi(x) / x = (e^x - 1 - x) / x` by its series, for :math:`|x| \le 1/2` (0 at 0)."""
+    return _phi_over_x_squared(x) * x
+
+
+def expm1_series(x: jax.Array) -> jax.Array:
+    r""":math:`e^x - 1` by its series, for :math:`|x| \le 1/2`: no transcendental call."""
+    return x + phi_series(x)
+
+
+@jax.custom_jvp
+def safe_sqrt(x: jax.Array) -> jax.Array:
+    """``sqrt(x)`` for ``x >= 0``."""
+    return jnp.sqrt(x)
+
+
+# sqrt'(0) is infinite; at 0 (a distance between identical inputs, where the
+# inner gradient is 0 too) the zero subgradient is used instead of inf * 0 = NaN.
+@safe_sqrt.defjvp
+def _safe_sqrt_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    y = jnp.sqrt(x)
+    positive = y > 0
+    return y, dx * jnp.where(positive, 0.5 / jnp.where(positive, y, 1.0), 0.0)
 
 
 def expm1mx(x: jax.Array) -> jax.Array:
@@ -175,6 +205,27 @@ def row_stats(stats):
     return jax.tree.map(lambda s: checkpoint_name(s, _ROW_STATS), stats)
 
 
+@jax.custom_jvp
+def log1p_scaled(total: jax.Array, h: jax.Array) -> jax.Array:
+    """``log1p(h * total) / h``, equal to ``total`` at ``h = 0``."""
+    z = jnp.maximum(h * total, -1.0)
+    zero = z == 0
+    ratio = jnp.where(zero, 1.0, jnp.log1p(z) / jnp.where(zero, 1.0, z))
+    return jnp.where(jnp.isinf(total), jnp.inf, total * ratio)
+
+
+# Closed form d/dtotal = 1 / (1 + h total); the quotient's own autodiff cancels
+# catastrophically for tiny h * total.
+@log1p_scaled.defjvp
+def _log1p_scaled_jvp(primals, tangents):
+    total, h = primals
+    d_total, d_h = tangents
+    value = log1p_scaled(total, h)
+    denom = 1.0 + h * total
+    live = jnp.isfinite(value) & (denom > 0)
+    return value, d_total * jnp.where(live, 1.0 / jnp.where(live, denom, 1.0), 0.0)
+
+
 # ------------------------------------------------------------------ log P / Q
 
 
@@ -260,7 +311,8 @@ def log_ratio(p: jax.Array, q: jax.Array) -> LogRatio:
     # Q_i = 0 < P_i contributes +inf; folding it in here saves a pass.
     v = jnp.where(small, e_a * phi, e_b - e_a * (1 + r))
     v = jnp.where(supp, jnp.where(q_on_supp_finite, v, jnp.inf), zero)
-    u = jnp.where(q_on_supp_finite, jnp.where(small, e_a * (r + phi), e_b - e_a), zero)
+    # Q_i = 0 < P_i contributes P_i * expm1(-inf) = -P_i.
+    u = jnp.where(q_on_supp_finite, jnp.where(small, e_a * (r + phi), e_b - e_a), -e_a)
 
     sum_p = row_sum(e_a)
     sum_on = row_sum(jnp.where(supp, e_b, zero))

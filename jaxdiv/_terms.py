@@ -1,0 +1,278 @@
+r"""The per-class terms of each divergence, with their closed-form derivatives.
+
+Every term is a function of a :class:`~jaxdiv._termwise.Pair` (``P``, ``Q``,
+their logs and the accurate log ratio :math:`\ell = \log P - \log Q`) and is
+non-negative, so row sums never cancel. Near :math:`\ell = 0` each one is
+written through :math:`e^{\pm\ell} - 1` by series (no cancellation between
+``P`` and ``Q``); away from it, through ``P`` and ``Q`` themselves (no overflow
+for any log ratio). ``a`` and ``b`` are the derivatives of the term with
+respect to :math:`\log P_i` and :math:`\log Q_i`.
+
+Zero probabilities follow one rule: the term takes its limit (so Jensen-Shannon
+stays finite on disjoint supports, and KL is ``+inf`` where Q_i = 0 < P_i).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jaxdiv._numerics import (
+    _PHI_SERIES_RADIUS,
+    expm1_series,
+    neg_log1pmx,
+    phi_over_x_series,
+    phi_series,
+)
+from jaxdiv._termwise import Pair, Terms
+
+Array = jax.Array
+
+
+def _near(x: Array, radius: float = _PHI_SERIES_RADIUS) -> tuple[Array, Array]:
+    """Where the series apply, and ``x`` there (0 elsewhere, a harmless value)."""
+    near = jnp.abs(x) < radius
+    return near, jnp.where(near, x, 0.0)
+
+
+def _xlog(x: Array, log_y: Array) -> Array:
+    """``x * log_y``, 0 where ``x = 0`` whatever ``log_y`` is (0 log 0 = 0)."""
+    positive = x > 0
+    return jnp.where(positive, x * jnp.where(positive, log_y, 0.0), 0.0)
+
+
+def _off_support(t: Pair, slope: Array, where_p_zero: Array) -> Array:
+    """``P_i * slope`` where ``Q_i = 0 < P_i``, else ``where_p_zero``.
+
+    The slope may be ``+inf``; it is multiplied only where selected, so that no
+    ``0 * inf`` reaches a derivative of the unselected entries.
+    """
+    q_zero = (t.q == 0) & (t.p > 0)
+    return jnp.where(q_zero, t.p * jnp.where(q_zero, slope, 0.0), where_p_zero)
+
+
+def _finite_ratio(t: Pair) -> Array:
+    """The log ratio where both probabilities are positive, 0 elsewhere."""
+    both = (t.p > 0) & (t.q > 0)
+    return jnp.where(both, t.log_ratio, 0.0)
+
+
+# ------------------------------------------------------------ Kullback-Leibler
+# t = P log(P/Q) - P + Q = P phi(-l): the added Q - P sums to zero and makes
+# every term non-negative and O(l^2).
+
+
+def _kl_term(t: Pair, params) -> Array:
+    near, ell = _near(t.log_ratio)
+    return jnp.where(near, t.p * phi_series(-ell), (t.q - t.p) + _xlog(t.p, t.log_ratio))
+
+
+KL = Terms(
+    term=_kl_term,
+    d_log_p=lambda t, params: _xlog(t.p, t.log_ratio),
+    d_log_q=lambda t, params: t.q - t.p,
+)
+
+# -------------------------------------------------------------- cross-entropy
+
+CROSS_ENTROPY = Terms(
+    term=lambda t, params: _xlog(t.p, -t.log_q),
+    d_log_p=lambda t, params: _xlog(t.p, -t.log_q),
+    d_log_q=lambda t, params: -t.p,
+)
+
+# ------------------------------------------------------------- Jensen-Shannon
+# With M = wp P + wq Q, JS = wp KL(P || M) + wq KL(Q || M). Adding
+# wp (M - P) + wq (M - Q) = 0 to each class gives the non-negative terms
+#   wp P psi(wq (Q/P - 1)) + wq Q psi(wp (P/Q - 1)),  psi(s) = s - log1p(s),
+# which are O(l^2) with no cancellation near l = 0.
+
+
+def _log_mixture(t: Pair, wp: Array, wq: Array) -> Array:
+    m = wp * t.p + wq * t.q
+    return jnp.log(jnp.where(m > 0, m, 1.0))
+
+
+def _js_term(t: Pair, params) -> Array:
+    wp, wq = params
+    near, ell = _near(t.log_ratio)
+    q_over_p, p_over_q = expm1_series(-ell), expm1_series(ell)
+    term_near = wp * t.p * neg_log1pmx(wq * q_over_p) + wq * t.q * neg_log1pmx(wp * p_over_q)
+    log_m = _log_mixture(t, wp, wq)
+    term_far = wp * _xlog(t.p, t.log_p - log_m) + wq * _xlog(t.q, t.log_q - log_m)
+    return jnp.where(near, term_near, term_far)
+
+
+def _js_d_log_p(t: Pair, params) -> Array:
+    wp, wq = params
+    near, ell = _near(t.log_ratio)
+    log_p_over_m = jnp.where(
+        near, -jnp.log1p(wq * expm1_series(-ell)), t.log_p - _log_mixture(t, wp, wq)
+    )
+    return wp * _xlog(t.p, log_p_over_m)
+
+
+def _swap_pair(t: Pair) -> Pair:
+    return Pair(t.q, t.p, t.log_q, t.log_p, -t.log_ratio)
+
+
+def _js_d_log_q(t: Pair, params) -> Array:
+    wp, wq = params
+    return _js_d_log_p(_swap_pair(t), (wq, wp))
+
+
+def _binary_entropy(params) -> Array:
+    wp, wq = params
+    return -(_xlog(wp, jnp.log(wp)) + _xlog(wq, jnp.log(wq)))
+
+
+JENSEN_SHANNON = Terms(
+    term=_js_term,
+    d_log_p=_js_d_log_p,
+    d_log_q=_js_d_log_q,
+    symmetric=True,
+    mirror=lambda params: params[::-1],
+    upper=_binary_entropy,
+)
+
+# ------------------------------------------------------------ total variation
+# |P - Q| / 2 = P |Q/P - 1| / 2, with Q/P - 1 by series near l = 0.
+
+
+def _tv_term(t: Pair, params) -> Array:
+    near, ell = _near(t.log_ratio)
+    return 0.5 * jnp.where(near, t.p * jnp.abs(expm1_series(-ell)), jnp.abs(t.p - t.q))
+
+
+TOTAL_VARIATION = Terms(
+    term=_tv_term,
+    # sign(l) is 0 where P_i = Q_i: the zero subgradient.
+    d_log_p=lambda t, params: 0.5 * jnp.sign(t.log_ratio) * t.p,
+    d_log_q=lambda t, params: -0.5 * jnp.sign(t.log_ratio) * t.q,
+    symmetric=True,
+    upper=lambda params: 1.0,
+)
+
+# ------------------------------------------------------------------ Hellinger
+# (sqrt P - sqrt Q)^2 / 2 = P (sqrt(Q/P) - 1)^2 / 2, never 1 - sum sqrt(PQ).
+
+
+def _hellinger_term(t: Pair, params) -> Array:
+    near, ell = _near(t.log_ratio, 2 * _PHI_SERIES_RADIUS)
+    root_q_over_p = expm1_series(-0.5 * ell)
+    far = jnp.sqrt(t.p) - jnp.sqrt(t.q)
+    return 0.5 * jnp.where(near, t.p * root_q_over_p**2, far * far)
+
+
+def _hellinger_d_log_p(t: Pair, params) -> Array:
+    near, ell = _near(t.log_ratio, 2 * _PHI_SERIES_RADIUS)
+    root_p = jnp.sqrt(t.p)
+    return 0.5 * jnp.where(
+        near, -t.p * expm1_series(-0.5 * ell), root_p * (root_p - jnp.sqrt(t.q))
+    )
+
+
+HELLINGER = Terms(
+    term=_hellinger_term,
+    d_log_p=_hellinger_d_log_p,
+    d_log_q=lambda t, params: _hellinger_d_log_p(_swap_pair(t), params),
+    symmetric=True,
+    upper=lambda params: 1.0,
+)
+
+# ---------------------------------------------------------------------- Renyi
+# F = (sum P^a Q^(1-a) - 1) / (a - 1), so that D_a = log1p((a - 1) F) / (a - 1).
+# With h = a - 1 the terms (P^a Q^(1-a) - Q - a (P - Q)) / h are
+#   P phi(-l) + P phi(h l) / h,
+# the KL term plus a correction that vanishes as a -> 1 (no division by h there).
+
+
+def _renyi_slope(h: Array) -> Array:
+    """The term per unit P where Q_i = 0 < P_i: +inf for a >= 1, a / (1 - a) below."""
+    return jnp.where(h >= 0, jnp.inf, -1.0 / jnp.where(h < 0, h, -1.0) - 1.0)
+
+
+def _renyi_correction(t: Pair, ell: Array, h: Array) -> Array:
+    """P phi(h l) / h for positive P and Q."""
+    near, z = _near(h * ell)
+    safe_h = jnp.where(h == 0, 1.0, h)
+    far = (jnp.exp(t.log_p + h * ell) - t.p) / safe_h - t.p * ell
+    return jnp.where(near, t.p * ell * phi_over_x_series(z), far)
+
+
+def _renyi_term(t: Pair, params) -> Array:
+    (alpha,) = params
+    h = alpha - 1.0
+    ell = _finite_ratio(t)
+    both = (t.p > 0) & (t.q > 0)
+    inner = _kl_term(t, params) + _renyi_correction(t, ell, h)
+    return jnp.where(both, inner, _off_support(t, _renyi_slope(h), t.q))
+
+
+def _renyi_d_log_p(t: Pair, params) -> Array:
+    # a P (e^(h l) - 1) / h
+    (alpha,) = params
+    h = alpha - 1.0
+    ell = _finite_ratio(t)
+    both = (t.p > 0) & (t.q > 0)
+    near, z = _near(h * ell)
+    safe_h = jnp.where(h == 0, 1.0, h)
+    inner = alpha * jnp.where(
+        near,
+        t.p * ell * (1.0 + phi_over_x_series(z)),
+        (jnp.exp(t.log_p + h * ell) - t.p) / safe_h,
+    )
+    return jnp.where(both, inner, alpha * _off_support(t, _renyi_slope(h), 0.0))
+
+
+def _renyi_d_log_q(t: Pair, params) -> Array:
+    # Q - P^a Q^(1-a) = -Q expm1(a l)
+    (alpha,) = params
+    h = alpha - 1.0
+    ell = _finite_ratio(t)
+    both = (t.p > 0) & (t.q > 0)
+    near, z = _near(alpha * ell)
+    inner = jnp.where(near, -t.q * expm1_series(z), t.q - jnp.exp(t.log_p + h * ell))
+    return jnp.where(both, inner, t.q)
+
+
+RENYI = Terms(term=_renyi_term, d_log_p=_renyi_d_log_p, d_log_q=_renyi_d_log_q)
+
+
+# ------------------------------------------------------ user f-divergences
+# D_f = sum_{Q_i > 0} Q_i f(P_i / Q_i) + f'(inf) sum_{Q_i = 0} P_i.
+
+
+def _f_parts(f, t: Pair):
+    live_q = t.q > 0
+    ratio = jnp.exp(jnp.where(live_q, t.log_ratio, 0.0))   # 0 where P_i = 0 < Q_i
+    safe = jnp.where(t.p > 0, ratio, 1.0)
+    f_ratio = f(ratio)
+    _, f_prime = jax.jvp(f, (safe,), (jnp.ones_like(safe),))
+    return live_q, f_ratio, jnp.where(t.p > 0, f_prime, 0.0)
+
+
+def _f_term(f, slope, t: Pair, params) -> Array:
+    live_q, f_ratio, _ = _f_parts(f, t)
+    return jnp.where(live_q, t.q * f_ratio, _off_support(t, slope, 0.0))
+
+
+def _f_d_log_p(f, slope, t: Pair, params) -> Array:
+    live_q, _, f_prime = _f_parts(f, t)
+    return jnp.where(live_q, t.p * f_prime, _off_support(t, slope, 0.0))
+
+
+def _f_d_log_q(f, slope, t: Pair, params) -> Array:
+    live_q, f_ratio, f_prime = _f_parts(f, t)
+    return jnp.where(live_q, t.q * f_ratio - t.p * f_prime, 0.0)
+
+
+def f_terms(f, slope_at_infinity) -> Terms:
+    """Terms of the f-divergence of a user's elementwise convex ``f``."""
+    return Terms(
+        term=functools.partial(_f_term, f, slope_at_infinity),
+        d_log_p=functools.partial(_f_d_log_p, f, slope_at_infinity),
+        d_log_q=functools.partial(_f_d_log_q, f, slope_at_infinity),
+    )
