@@ -30,7 +30,7 @@ Example:
   >>> float(probs.kl_divergence(counts_b, counts_a))  # b has mass where a has none
   inf
   >>> print(f"{probs.kl_divergence(counts_b, counts_a, eps=1.0):.6f}")  # smoothed
-  0.664035
+  0.664163
 """
 
 from __future__ import annotations
