@@ -134,6 +134,34 @@ def neg_log1pmx(s: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.where(small, series, direct), 0)
 
 
+def _atanh_series_over_u(u: jax.Array, first: int) -> jax.Array:
+    """sum_{k>=0} u^(2k) / (2k + first), through u^12: 1e-9 relative for |u| <= 1/4."""
+    u2 = u * u
+    acc = jnp.full_like(u, 1.0 / (first + 12))
+    for k in range(5, -1, -1):
+        acc = acc * u2 + 1.0 / (first + 2 * k)
+    return acc
+
+
+def log1p_near(s: jax.Array) -> jax.Array:
+    r""":math:`\log(1 + s)` for :math:`s \in [-0.4, 2/3]`, as :math:`2\,\mathrm{atanh}(s / (2 + s))` by series.
+
+    One division and a short polynomial, no compare or select, so it fuses.
+    """
+    u = s / (2.0 + s)
+    return 2.0 * u * _atanh_series_over_u(u, 1)
+
+
+def neg_log1pmx_near(s: jax.Array) -> jax.Array:
+    r""":math:`\psi(s) = s - \log(1 + s)` for :math:`s \in [-0.4, 2/3]`, accurate near 0.
+
+    With :math:`u = s / (2 + s)`, :math:`\psi = s^2 / (2 + s) - 2(u^3/3 + u^5/5 + \dots)`;
+    neither part cancels the other on this interval.
+    """
+    u = s / (2.0 + s)
+    return s * s / (2.0 + s) - 2.0 * u * u * u * _atanh_series_over_u(u, 3)
+
+
 class LogNormaliser(NamedTuple):
     """Row statistics of ``logits`` for ``log_softmax``, see :func:`log_normaliser`."""
 

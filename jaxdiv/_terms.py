@@ -22,7 +22,8 @@ import jax.numpy as jnp
 from jaxdiv._numerics import (
     _PHI_SERIES_RADIUS,
     expm1_series,
-    neg_log1pmx,
+    log1p_near,
+    neg_log1pmx_near,
     phi_over_x_series,
     phi_series,
 )
@@ -99,7 +100,10 @@ def _js_term(t: Pair, params) -> Array:
     wp, wq = params
     near, ell = _near(t.log_ratio)
     q_over_p, p_over_q = expm1_series(-ell), expm1_series(ell)
-    term_near = wp * t.p * neg_log1pmx(wq * q_over_p) + wq * t.q * neg_log1pmx(wp * p_over_q)
+    # |l| < 1/2 keeps both arguments in [-0.4, 2/3], where the series apply.
+    term_near = (
+        wp * t.p * neg_log1pmx_near(wq * q_over_p) + wq * t.q * neg_log1pmx_near(wp * p_over_q)
+    )
     log_m = _log_mixture(t, wp, wq)
     term_far = wp * _xlog(t.p, t.log_p - log_m) + wq * _xlog(t.q, t.log_q - log_m)
     return jnp.where(near, term_near, term_far)
@@ -109,7 +113,7 @@ def _js_d_log_p(t: Pair, params) -> Array:
     wp, wq = params
     near, ell = _near(t.log_ratio)
     log_p_over_m = jnp.where(
-        near, -jnp.log1p(wq * expm1_series(-ell)), t.log_p - _log_mixture(t, wp, wq)
+        near, -log1p_near(wq * expm1_series(-ell)), t.log_p - _log_mixture(t, wp, wq)
     )
     return wp * _xlog(t.p, log_p_over_m)
 

@@ -178,7 +178,9 @@ def _canonical_swap(x: Array, y: Array) -> Array:
     """
     if x.shape[-1] == 0:
         return jnp.zeros(x.shape[:-1], bool)
-    first = jnp.argmax(x != y, axis=-1)[..., None]
+    # The first differing class: a min over indices, much cheaper than argmax.
+    index = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    first = jnp.min(jnp.where(x != y, index, x.shape[-1] - 1), axis=-1)[..., None]
     return (jnp.take_along_axis(x, first, -1) > jnp.take_along_axis(y, first, -1))[..., 0]
 
 
@@ -202,8 +204,8 @@ class _Rows(NamedTuple):
     value: Array
     stats: NamedTuple
     swap: Optional[Array]
-    sum_a: Optional[Array]   # sum of dt/dlog P, the softmax Jacobian's projection
-    sum_b: Optional[Array]
+    coef_x: Optional[Array] = None   # dD/dx, [..., C]
+    coef_y: Optional[Array] = None
 
 
 def _has_mass(space: _Space, terms: Terms, stats) -> Array:
@@ -212,6 +214,12 @@ def _has_mass(space: _Space, terms: Terms, stats) -> Array:
 
 
 def _rows(space: _Space, terms: Terms, params: tuple, x: Array, y: Array, grads: bool) -> _Rows:
+    """The value of a block of rows and, with ``grads``, its gradient coefficients.
+
+    The coefficients are formed here, inside the block, where the pair and
+    its branches are still in cache; outside, each would be a pass over memory.
+    """
+    x_in, y_in = x, y
     swap = _canonical_swap(x, y) if terms.symmetric else None
     x, y = _orient(x, y, swap)
     row_params = _row_params(terms, params, swap)
@@ -221,13 +229,22 @@ def _rows(space: _Space, terms: Terms, params: tuple, x: Array, y: Array, grads:
     if terms.upper is not None:
         bound = jnp.asarray(terms.upper(row_params))
         value = jnp.minimum(value, bound[..., 0] if bound.ndim else bound)
-    value = jnp.where(_has_mass(space, terms, stats), value, 0.0)
+    mass = _has_mass(space, terms, stats)
+    value = jnp.where(mass, value, 0.0)
     value = jnp.where(space.invalid(stats), jnp.nan, value)
     if not grads:
-        return _Rows(value, stats, swap, None, None)
-    sum_a = row_sum(terms.d_log_p(pair, row_params))
-    sum_b = row_sum(terms.d_log_q(pair, row_params))
-    return _Rows(value, stats, swap, sum_a, sum_b)
+        return _Rows(value, stats, swap)
+    # dD/dx_j = a_j - P_j sum(a); a +inf value is locally constant and a row
+    # without mass contributes nothing, so both get a zero gradient.
+    live = (jnp.isfinite(value) & mass)[..., None]
+    d_log_p = terms.d_log_p(pair, row_params)
+    d_log_q = terms.d_log_q(pair, row_params)
+    sum_a = jnp.where(live, row_sum(d_log_p)[..., None], 0.0)
+    sum_b = jnp.where(live, row_sum(d_log_q)[..., None], 0.0)
+    coef_a = jnp.where(live, d_log_p - pair.p * sum_a, 0.0)
+    coef_b = jnp.where(live, d_log_q - pair.q * sum_b, 0.0)
+    coef_x, coef_y = _orient(coef_a, coef_b, swap)
+    return _Rows(value, stats, swap, space.chain(coef_x, x_in), space.chain(coef_y, y_in))
 
 
 def divergence(space: _Space, terms: Terms, x: Array, y: Array, params: tuple = ()) -> Array:
@@ -261,20 +278,13 @@ def _build(space: _Space, terms: Terms):
                 "jaxdiv does not differentiate divergences with respect to their "
                 "parameters (alpha, beta); pass them through jax.lax.stop_gradient."
             )
-        rows = row_stats(map_rows(lambda a, b: _rows(space, terms, params, a, b, True), x, y))
-        a_in, b_in = _orient(x, y, rows.swap)
-        pair = space.pair(a_in, b_in, rows.stats)
-        row_params = _row_params(terms, params, rows.swap)
-        # A +inf value is locally constant; a row without mass contributes nothing.
-        live = (jnp.isfinite(rows.value) & _has_mass(space, terms, rows.stats))[..., None]
-        sum_a = jnp.where(live[..., 0], rows.sum_a, 0.0)[..., None]
-        sum_b = jnp.where(live[..., 0], rows.sum_b, 0.0)[..., None]
-        coef_a = jnp.where(live, terms.d_log_p(pair, row_params) - pair.p * sum_a, 0.0)
-        coef_b = jnp.where(live, terms.d_log_q(pair, row_params) - pair.q * sum_b, 0.0)
-        coef_x, coef_y = _orient(coef_a, coef_b, rows.swap)
-        tangent = _inner(space.chain(coef_x, x), dx) + _inner(space.chain(coef_y, y), dy)
+        rows = map_rows(lambda a, b: _rows(space, terms, params, a, b, True), x, y)
+        # Only the per-row values are kept for the backward pass; the
+        # coefficient arrays are recomputed there, block by block.
+        value, stats = row_stats((rows.value, rows.stats))
+        tangent = _inner(rows.coef_x, dx) + _inner(rows.coef_y, dy)
         # NaN inputs poison their own row's gradient, linearly.
-        return rows.value, tangent * jnp.where(space.invalid(rows.stats), jnp.nan, 1.0)
+        return value, tangent * jnp.where(space.invalid(stats), jnp.nan, 1.0)
 
     value.defjvp(value_jvp, symbolic_zeros=True)
     return recompute_in_backward(value)

@@ -251,6 +251,7 @@ def kl_divergence(
     *,
     axis: int = -1,
     where: Optional[ArrayLike] = None,
+    base: Optional[float] = None,
 ) -> Array:
     r"""Kullback-Leibler divergence :math:`KL(P \| Q)` between two categoricals given as logits.
 
@@ -270,6 +271,7 @@ def kl_divergence(
       axis: the class axis (of the broadcast shape).
       where: optional boolean mask broadcastable to the logits; False removes a
         class from both P and Q.
+      base: logarithm base of the result (``2`` for bits); nats by default.
 
     Returns:
       KL in nats, with the class axis removed, in ``result_type(dtype, float32)``.
@@ -293,7 +295,7 @@ def kl_divergence(
     (p, q), _ = _checks.logits(
         (p_logits, q_logits), ("p_logits", "q_logits"), axis=axis, where=where
     )
-    return _kl(p, q)
+    return _checks.in_base(_kl(p, q), base)
 
 
 def cross_entropy(
@@ -302,6 +304,7 @@ def cross_entropy(
     *,
     axis: int = -1,
     where: Optional[ArrayLike] = None,
+    base: Optional[float] = None,
 ) -> Array:
     r"""Cross-entropy :math:`H(P, Q) = -\sum_i P_i \log Q_i = H(P) + KL(P \| Q)`.
 
@@ -314,6 +317,7 @@ def cross_entropy(
       q_logits: logits of the model Q; broadcasts against ``p_logits``.
       axis: the class axis (of the broadcast shape).
       where: optional boolean mask removing classes from both distributions.
+      base: logarithm base of the result (``2`` for bits); nats by default.
 
     Returns:
       Cross-entropy in nats, class axis removed, ``result_type(dtype, float32)``.
@@ -330,11 +334,15 @@ def cross_entropy(
     (p, q), _ = _checks.logits(
         (p_logits, q_logits), ("p_logits", "q_logits"), axis=axis, where=where
     )
-    return _cross_entropy(p, q)
+    return _checks.in_base(_cross_entropy(p, q), base)
 
 
 def entropy(
-    logits: ArrayLike, *, axis: int = -1, where: Optional[ArrayLike] = None
+    logits: ArrayLike,
+    *,
+    axis: int = -1,
+    where: Optional[ArrayLike] = None,
+    base: Optional[float] = None,
 ) -> Array:
     r"""Shannon entropy :math:`H(P) = -\sum_i P_i \log P_i` of ``P = softmax(logits)``.
 
@@ -345,6 +353,7 @@ def entropy(
       logits: ``[..., C, ...]``, any real value or ``-inf``.
       axis: the class axis.
       where: optional boolean mask removing classes.
+      base: logarithm base of the result (``2`` for bits); nats by default.
 
     Returns:
       Entropy in nats, class axis removed; 0 for a row with no support.
@@ -355,7 +364,7 @@ def entropy(
       1.386294
     """
     (p,), _ = _checks.logits((logits,), ("logits",), axis=axis, where=where)
-    return _entropy(p)
+    return _checks.in_base(_entropy(p), base)
 
 
 def cross_entropy_with_integer_labels(
@@ -364,6 +373,7 @@ def cross_entropy_with_integer_labels(
     *,
     axis: int = -1,
     where: Optional[ArrayLike] = None,
+    base: Optional[float] = None,
 ) -> Array:
     r"""Cross-entropy of integer labels, :math:`-\log \mathrm{softmax}(x)_y`.
 
@@ -374,6 +384,7 @@ def cross_entropy_with_integer_labels(
       axis: the class axis of ``logits``.
       where: optional boolean mask over the logits removing classes from the
         softmax; a label on a masked class gives ``+inf``.
+      base: logarithm base of the result (``2`` for bits); nats by default.
 
     Returns:
       ``-log Q_y`` per row, ``result_type(dtype, float32)`` (a bfloat16 model
@@ -393,7 +404,7 @@ def cross_entropy_with_integer_labels(
     (x,), _ = _checks.logits((logits,), ("logits",), axis=axis, where=where)
     batch_shape = x.shape[:-1]
     labels = _checks.integer_labels(labels, batch_shape, jnp.shape(logits))
-    return _integer_cross_entropy(x, labels)
+    return _checks.in_base(_integer_cross_entropy(x, labels), base)
 
 
 def validate_labels(labels: ArrayLike, num_classes: int) -> Array:
