@@ -23,6 +23,7 @@ from jaxdiv._numerics import (
     _PHI_SERIES_RADIUS,
     expm1_series,
     log1p_near,
+    log1p_scaled,
     neg_log1pmx_near,
     phi_over_x_series,
     phi_series,
@@ -88,7 +89,7 @@ CROSS_ENTROPY = Terms(
 # With M = wp P + wq Q, JS = wp KL(P || M) + wq KL(Q || M). Adding
 # wp (M - P) + wq (M - Q) = 0 to each class gives the non-negative terms
 #   wp P psi(wq (Q/P - 1)) + wq Q psi(wp (P/Q - 1)),  psi(s) = s - log1p(s),
-# which are O(l^2) with no cancellation near l = 0.
+# which are O(l^2) with no cancellation near l = 0, nor for weights near 0 or 1.
 
 
 def _log_mixture(t: Pair, wp: Array, wq: Array) -> Array:
@@ -96,30 +97,40 @@ def _log_mixture(t: Pair, wp: Array, wq: Array) -> Array:
     return jnp.log(jnp.where(m > 0, m, 1.0))
 
 
+def _swap_pair(t: Pair) -> Pair:
+    return Pair(t.q, t.p, t.log_q, t.log_p, -t.log_ratio)
+
+
+def _js_side(t: Pair, w_other: Array, log_m: Array) -> tuple[Array, Array]:
+    """``P psi(x)`` and ``log(M / P) = log1p(x)`` for ``x = w_other (Q/P - 1)``.
+
+    Where ``x`` lies in [-0.4, 2/3] both come from series (no cancellation, for
+    any weights); elsewhere ``P psi(x) = (M - P) - P log(M / P)`` has none to fear.
+    """
+    near, ell = _near(t.log_ratio)
+    positive = t.p > 0
+    ratio = t.q / jnp.where(positive, t.p, 1.0)
+    q_over_p = jnp.where(near, expm1_series(-ell), jnp.where(positive, ratio - 1.0, jnp.inf))
+    x = w_other * q_over_p
+    series = (x >= -0.4) & (x <= 2.0 / 3.0)
+    xs = jnp.where(series, x, 0.0)
+    log_m_over_p = jnp.where(series, log1p_near(xs), log_m - t.log_p)
+    direct = w_other * (t.q - t.p) - _xlog(t.p, log_m_over_p)
+    return jnp.where(series, t.p * neg_log1pmx_near(xs), direct), log_m_over_p
+
+
 def _js_term(t: Pair, params) -> Array:
     wp, wq = params
-    near, ell = _near(t.log_ratio)
-    q_over_p, p_over_q = expm1_series(-ell), expm1_series(ell)
-    # |l| < 1/2 keeps both arguments in [-0.4, 2/3], where the series apply.
-    term_near = (
-        wp * t.p * neg_log1pmx_near(wq * q_over_p) + wq * t.q * neg_log1pmx_near(wp * p_over_q)
-    )
     log_m = _log_mixture(t, wp, wq)
-    term_far = wp * _xlog(t.p, t.log_p - log_m) + wq * _xlog(t.q, t.log_q - log_m)
-    return jnp.where(near, term_near, term_far)
+    side_p, _ = _js_side(t, wq, log_m)
+    side_q, _ = _js_side(_swap_pair(t), wp, log_m)
+    return wp * side_p + wq * side_q
 
 
 def _js_d_log_p(t: Pair, params) -> Array:
     wp, wq = params
-    near, ell = _near(t.log_ratio)
-    log_p_over_m = jnp.where(
-        near, -log1p_near(wq * expm1_series(-ell)), t.log_p - _log_mixture(t, wp, wq)
-    )
-    return wp * _xlog(t.p, log_p_over_m)
-
-
-def _swap_pair(t: Pair) -> Pair:
-    return Pair(t.q, t.p, t.log_q, t.log_p, -t.log_ratio)
+    _, log_m_over_p = _js_side(t, wq, _log_mixture(t, wp, wq))
+    return -wp * _xlog(t.p, log_m_over_p)
 
 
 def _js_d_log_q(t: Pair, params) -> Array:
@@ -198,12 +209,15 @@ def _renyi_slope(h: Array) -> Array:
     return jnp.where(h >= 0, jnp.inf, -1.0 / jnp.where(h < 0, h, -1.0) - 1.0)
 
 
-def _renyi_correction(t: Pair, ell: Array, h: Array) -> Array:
-    """P phi(h l) / h for positive P and Q."""
+def _p_expm1_over_h(t: Pair, ell: Array, h: Array) -> Array:
+    """``P expm1(h l) / h`` for positive P and Q (``P l`` at ``h = 0``)."""
     near, z = _near(h * ell)
     safe_h = jnp.where(h == 0, 1.0, h)
-    far = (jnp.exp(t.log_p + h * ell) - t.p) / safe_h - t.p * ell
-    return jnp.where(near, t.p * ell * phi_over_x_series(z), far)
+    return jnp.where(
+        near,
+        t.p * ell * (1.0 + phi_over_x_series(z)),
+        (jnp.exp(t.log_p + h * ell) - t.p) / safe_h,
+    )
 
 
 def _renyi_term(t: Pair, params) -> Array:
@@ -211,7 +225,13 @@ def _renyi_term(t: Pair, params) -> Array:
     h = alpha - 1.0
     ell = _finite_ratio(t)
     both = (t.p > 0) & (t.q > 0)
-    inner = _kl_term(t, params) + _renyi_correction(t, ell, h)
+    near = (jnp.abs(ell) < _PHI_SERIES_RADIUS) & (jnp.abs(h * ell) < _PHI_SERIES_RADIUS)
+    small = jnp.where(near, ell, 0.0)
+    series = t.p * (phi_series(-small) + small * phi_over_x_series(h * small))
+    # P phi(-l) + P phi(h l) / h = (Q - P) + P expm1(h l) / h: away from l = 0
+    # the P l parts cancel analytically instead of in rounding.
+    direct = (t.q - t.p) + _p_expm1_over_h(t, ell, h)
+    inner = jnp.where(near, series, direct)
     return jnp.where(both, inner, _off_support(t, _renyi_slope(h), t.q))
 
 
@@ -219,15 +239,8 @@ def _renyi_d_log_p(t: Pair, params) -> Array:
     # a P (e^(h l) - 1) / h
     (alpha,) = params
     h = alpha - 1.0
-    ell = _finite_ratio(t)
     both = (t.p > 0) & (t.q > 0)
-    near, z = _near(h * ell)
-    safe_h = jnp.where(h == 0, 1.0, h)
-    inner = alpha * jnp.where(
-        near,
-        t.p * ell * (1.0 + phi_over_x_series(z)),
-        (jnp.exp(t.log_p + h * ell) - t.p) / safe_h,
-    )
+    inner = alpha * _p_expm1_over_h(t, _finite_ratio(t), h)
     return jnp.where(both, inner, alpha * _off_support(t, _renyi_slope(h), 0.0))
 
 
@@ -280,3 +293,31 @@ def f_terms(f, slope_at_infinity) -> Terms:
         d_log_p=functools.partial(_f_d_log_p, f, slope_at_infinity),
         d_log_q=functools.partial(_f_d_log_q, f, slope_at_infinity),
     )
+
+
+def renyi_from_total(total: Array, log_p_fn, log_q_fn, alpha: Array) -> Array:
+    """``D_a = log1p((a - 1) F) / (a - 1)`` from the row sums ``F`` of :data:`RENYI`.
+
+    For far-apart distributions ``F`` overflows (``a > 1``: the terms
+    ``P (P/Q)^(a-1)``) or ``1 + (a - 1) F`` cancels (``a < 1``) while ``D_a``
+    itself is moderate; only then (a ``lax.cond``, so the usual path pays
+    nothing) the overflowing rows are recomputed as ``logsumexp(a log P +
+    (1 - a) log Q) / (a - 1)`` from the full log-probabilities, which the
+    callables ``log_p`` and ``log_q`` compute (class axis last).
+    """
+    h = jax.lax.stop_gradient(alpha) - 1.0
+    value = log1p_scaled(total, h)
+    # 1 + h F is sum P^a Q^(1-a); below 1/2 it is better summed in log space.
+    overflow = jnp.isinf(value) | ((h < 0) & (h * total < -0.5))
+
+    def in_log_space():
+        log_p, log_q = log_p_fn(), log_q_fn()
+        both = (log_p > -jnp.inf) & (log_q > -jnp.inf)
+        # Q_i = 0 < P_i: the value is +inf for a > 1 (a locally constant one).
+        structural = jnp.any((log_p > -jnp.inf) & ~both, axis=-1) & (h > 0)
+        e = jnp.where(both, alpha * jnp.where(both, log_p, 0.0) + (1 - alpha) * jnp.where(both, log_q, 0.0), -jnp.inf)
+        lse = jax.nn.logsumexp(e, axis=-1) / jnp.where(h == 0, 1.0, h)
+        # (At a = 1 an infinite value is KL's own +inf.)
+        return jnp.where(overflow & (h != 0), jnp.where(structural, jnp.inf, lse), value)
+
+    return jax.lax.cond(jnp.any(overflow), in_log_space, lambda: value)

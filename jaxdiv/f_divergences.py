@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiv import _checks, _terms
-from jaxdiv._numerics import log1p_scaled, safe_sqrt
+from jaxdiv._numerics import safe_sqrt
 from jaxdiv._termwise import LOGITS, divergence
 from jaxdiv.categorical import _kl
 
@@ -233,7 +233,9 @@ def renyi_divergence(
     p, q = _pair(p_logits, q_logits, axis, where)
     alpha = jnp.asarray(alpha, p.dtype)
     total = divergence(LOGITS, _terms.RENYI, p, q, (alpha,))
-    value = log1p_scaled(total, jax.lax.stop_gradient(alpha) - 1.0)
+    value = _terms.renyi_from_total(
+        total, lambda: jax.nn.log_softmax(p, axis=-1), lambda: jax.nn.log_softmax(q, axis=-1), alpha
+    )
     return _checks.in_base(value, base)
 
 
@@ -257,7 +259,9 @@ def jeffreys_divergence(
       True
     """
     p, q = _pair(p_logits, q_logits, axis, where)
-    return _checks.in_base(_kl(p, q) + _kl(q, p), base)
+    # A row where either side has no support is 0, as for every symmetric divergence.
+    mass = jnp.any(p > -jnp.inf, axis=-1) & jnp.any(q > -jnp.inf, axis=-1)
+    return _checks.in_base(jnp.where(mass, _kl(p, q) + _kl(q, p), 0.0), base)
 
 
 def f_divergence(

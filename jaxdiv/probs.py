@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiv import _checks, _terms
-from jaxdiv._numerics import log1p_scaled, safe_sqrt
+from jaxdiv._numerics import safe_sqrt
 from jaxdiv._termwise import PROBS, Terms, divergence
 
 Array = jax.Array
@@ -190,6 +190,13 @@ def renyi_divergence(
 ) -> Array:
     r"""Renyi divergence of order ``alpha`` in ``(0, inf)``, see :func:`jaxdiv.renyi_divergence`."""
     alpha = _checks.scalar_parameter(alpha, "alpha", 0.0, jnp.inf, open_low=True, open_high=True)
-    total = _pairwise(_terms.RENYI, p, q, (alpha,), axis, where, eps)
-    h = jax.lax.stop_gradient(jnp.asarray(alpha, total.dtype)) - 1.0
-    return _checks.in_base(log1p_scaled(total, h), base)
+    x, y = _checks.probabilities((p, q), ("p", "q"), axis=axis, where=where, eps=eps)
+    alpha = jnp.asarray(alpha, x.dtype)
+    total = divergence(PROBS, _terms.RENYI, x, y, (alpha,))
+    value = _terms.renyi_from_total(total, lambda: _log_normalised(x), lambda: _log_normalised(y), alpha)
+    return _checks.in_base(value, base)
+
+
+def _log_normalised(x: Array) -> Array:
+    total = jnp.sum(x, axis=-1, keepdims=True)
+    return jnp.log(x) - jnp.log(jnp.where(total > 0, total, 1.0))

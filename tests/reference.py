@@ -92,3 +92,82 @@ def gaussian_kl(mp, vp, mq, vq):
     ds = np.where(small, d, 0.0)
     phi = np.where(small, ds**2 / 2 + ds**3 / 6 + ds**4 / 24, np.expm1(d) - d)
     return 0.5 * np.sum(phi + (mp - mq) ** 2 * np.exp(-vq), axis=-1)
+
+
+# ------------------------------------------------------------ the KL family
+
+
+def _probs(p_logits, q_logits):
+    lp, lq = log_softmax(p_logits), log_softmax(q_logits)
+    return lp, lq, np.exp(lp), np.exp(lq)
+
+
+def _xlogy(x, log_y):
+    with np.errstate(invalid="ignore"):
+        return np.where(x > 0, x * np.where(x > 0, log_y, 0.0), 0.0)
+
+
+def js(p_logits, q_logits, beta=0.5) -> np.ndarray:
+    """beta KL(P || M) + (1 - beta) KL(Q || M), M = beta P + (1 - beta) Q (textbook, float64)."""
+    lp, lq, p, q = _probs(p_logits, q_logits)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lm = np.log(beta * p + (1 - beta) * q)
+        return beta * np.sum(_xlogy(p, lp - lm), -1) + (1 - beta) * np.sum(_xlogy(q, lq - lm), -1)
+
+
+def total_variation(p_logits, q_logits) -> np.ndarray:
+    _, _, p, q = _probs(p_logits, q_logits)
+    return 0.5 * np.sum(np.abs(p - q), -1)
+
+
+def hellinger_squared(p_logits, q_logits) -> np.ndarray:
+    _, _, p, q = _probs(p_logits, q_logits)
+    return 0.5 * np.sum((np.sqrt(p) - np.sqrt(q)) ** 2, -1)
+
+
+def renyi(p_logits, q_logits, alpha) -> np.ndarray:
+    """log(sum P^a Q^(1-a)) / (a - 1) through a float64 log-sum-exp; KL at a = 1."""
+    if alpha == 1:
+        return kl(p_logits, q_logits)
+    lp, lq, p, q = _probs(p_logits, q_logits)
+    # Support in log space: a probability that underflows still has a finite log.
+    p, q = (lp > -np.inf).astype(float), (lq > -np.inf).astype(float)
+    with np.errstate(invalid="ignore"):
+        terms = np.where(p > 0, alpha * lp + (1 - alpha) * np.where(q > 0, lq, -np.inf), -np.inf)
+    m = np.max(terms, -1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lse = (m + np.log(np.sum(np.exp(terms - np.where(np.isfinite(m), m, 0)), -1, keepdims=True)))[..., 0]
+        out = np.where(np.any(p > 0, -1), lse / (alpha - 1), 0.0)
+    # alpha > 1 with Q_i = 0 < P_i: +inf.
+    if alpha > 1:
+        out = np.where(np.any((p > 0) & (q == 0), -1), np.inf, out)
+    return out
+
+
+def family_mpmath(name: str, p_logits, q_logits, param=None, dps: int = 50) -> float:
+    """One row of JS / TV / squared Hellinger / Renyi in arbitrary precision."""
+    with mpmath.workdps(dps):
+        a = [mpmath.mpf(float(v)) for v in np.asarray(p_logits).ravel()]
+        b = [mpmath.mpf(float(v)) for v in np.asarray(q_logits).ravel()]
+        lse_a = mpmath.log(mpmath.fsum(mpmath.exp(v) for v in a))
+        lse_b = mpmath.log(mpmath.fsum(mpmath.exp(v) for v in b))
+        p = [mpmath.exp(v - lse_a) for v in a]
+        q = [mpmath.exp(v - lse_b) for v in b]
+        if name == "js":
+            w = mpmath.mpf(0.5 if param is None else param)
+            m = [w * x + (1 - w) * y for x, y in zip(p, q)]
+            value = w * mpmath.fsum(x * mpmath.log(x / z) for x, z in zip(p, m)) + (
+                1 - w
+            ) * mpmath.fsum(y * mpmath.log(y / z) for y, z in zip(q, m))
+        elif name == "tv":
+            value = mpmath.fsum(abs(x - y) for x, y in zip(p, q)) / 2
+        elif name == "hellinger_squared":
+            value = mpmath.fsum((mpmath.sqrt(x) - mpmath.sqrt(y)) ** 2 for x, y in zip(p, q)) / 2
+        elif name == "renyi":
+            alpha = mpmath.mpf(param)
+            value = mpmath.log(
+                mpmath.fsum(mpmath.exp(alpha * (u - lse_a) + (1 - alpha) * (v - lse_b)) for u, v in zip(a, b))
+            ) / (alpha - 1)
+        else:
+            raise ValueError(name)
+        return float(value)
