@@ -20,4 +20,5 @@ if __name__ == "__main__":
 
     os.chdir(ROOT)
 
-    sys.exit(pytest.main(["-q", "--rootdir", str(ROOT), *sys.argv[1:]]))
+    # One worker per core: most of the suite's time is XLA compilation.
+    sys.exit(pytest.main(["-q", "-n", "auto", "--rootdir", str(ROOT), *sys.argv[1:]]))

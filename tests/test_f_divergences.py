@@ -46,10 +46,6 @@ FAMILY = {
         lambda p, q, **kw: jaxdiv.renyi_divergence(p, q, 2.0, **kw),
         lambda p, q: ref.renyi(p, q, 2.0),
     ),
-    "renyi_7": (
-        lambda p, q, **kw: jaxdiv.renyi_divergence(p, q, 7.0, **kw),
-        lambda p, q: ref.renyi(p, q, 7.0),
-    ),
     "jeffreys": (jaxdiv.jeffreys_divergence, lambda p, q: ref.kl(p, q) + ref.kl(q, p)),
     "f_kl": (
         lambda p, q, **kw: jaxdiv.f_divergence(p, q, lambda t: xlogy(t, t) - (t - 1), **kw),
@@ -310,18 +306,19 @@ def test_row_without_support_is_zero_with_zero_gradient(name):
     np.testing.assert_array_equal(f(q, q, where=np.zeros(4, bool)), 0.0)
 
 
-@pytest.mark.parametrize("position", range(5))
-def test_single_finite_logit_among_minus_inf(position):
-    p = np.full(5, NEG_INF, np.float32)
-    p[position] = 1.5
-    q = np.linspace(-2, 2, 5).astype(np.float32)
-    for name, (f, reference) in FAMILY.items():
-        np.testing.assert_allclose(f(p, q), reference(p, q), rtol=5e-6, err_msg=name)
-        assert f(p, p) == 0.0
-        g = jax.grad(f, (0, 1))(p, q)
-        assert all(np.all(np.isfinite(gi)) for gi in g), name
-        if np.isfinite(f(p, q)):   # zero-probability classes of P get no gradient
-            assert g[0][(position + 1) % 5] == 0.0, name
+@pytest.mark.parametrize("name", FAMILY)
+def test_single_finite_logit_among_minus_inf(name):
+    # Row i of p has its only finite logit at position i: every position swept.
+    f, reference = FAMILY[name]
+    p = np.full((5, 5), NEG_INF, np.float32)
+    np.fill_diagonal(p, 1.5)
+    q = np.broadcast_to(np.linspace(-2, 2, 5).astype(np.float32), (5, 5))
+    np.testing.assert_allclose(f(p, q), reference(p, q), rtol=5e-6)
+    np.testing.assert_array_equal(f(p, p), 0.0)
+    gp, gq = jax.grad(lambda a, b: f(a, b).sum(), (0, 1))(p, q)
+    assert np.all(np.isfinite(gp)) and np.all(np.isfinite(gq))
+    if np.all(np.isfinite(f(p, q))):   # zero-probability classes of P get no gradient
+        np.testing.assert_array_equal(np.where(np.isinf(p), gp, 0.0), 0.0)
 
 
 # ------------------------------------------------------ 5. -inf vs clipped
