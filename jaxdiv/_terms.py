@@ -174,18 +174,23 @@ TOTAL_VARIATION = Terms(
 # (sqrt P - sqrt Q)^2 / 2 = P (sqrt(Q/P) - 1)^2 / 2, never 1 - sum sqrt(PQ).
 
 
+def _sqrt_prob(log_p: Array) -> Array:
+    # exp(log P / 2), not sqrt(P): its derivative at P = 0 is 0, not inf.
+    return jnp.exp(0.5 * log_p)
+
+
 def _hellinger_term(t: Pair, params) -> Array:
     near, ell = _near(t.log_ratio, 2 * _PHI_SERIES_RADIUS)
     root_q_over_p = expm1_series(-0.5 * ell)
-    far = jnp.sqrt(t.p) - jnp.sqrt(t.q)
+    far = _sqrt_prob(t.log_p) - _sqrt_prob(t.log_q)
     return 0.5 * jnp.where(near, t.p * root_q_over_p**2, far * far)
 
 
 def _hellinger_d_log_p(t: Pair, params) -> Array:
     near, ell = _near(t.log_ratio, 2 * _PHI_SERIES_RADIUS)
-    root_p = jnp.sqrt(t.p)
+    root_p = _sqrt_prob(t.log_p)
     return 0.5 * jnp.where(
-        near, -t.p * expm1_series(-0.5 * ell), root_p * (root_p - jnp.sqrt(t.q))
+        near, -t.p * expm1_series(-0.5 * ell), root_p * (root_p - _sqrt_prob(t.log_q))
     )
 
 

@@ -72,3 +72,59 @@ def test_integer_labels_equal_one_hot_cross_entropy(pq, label):
         jaxdiv.cross_entropy(onehot, q),
         rtol=1e-6,
     )
+
+
+# ------------------------------------------------------------ the KL family
+
+LOG2 = np.float32(np.log(2))
+
+
+@given(pairs())
+def test_symmetric_and_bounded(pq):
+    p, q = pq
+    js, js_qp = np.asarray(jaxdiv.js_divergence(p, q)), np.asarray(jaxdiv.js_divergence(q, p))
+    tv, h = np.asarray(jaxdiv.total_variation(p, q)), np.asarray(jaxdiv.hellinger_distance(p, q))
+    np.testing.assert_array_equal(js, js_qp)
+    np.testing.assert_array_equal(tv, jaxdiv.total_variation(q, p))
+    np.testing.assert_array_equal(h, jaxdiv.hellinger_distance(q, p))
+    assert np.all((0 <= js) & (js <= LOG2))
+    assert np.all((0 <= tv) & (tv <= 1)) and np.all((0 <= h) & (h <= 1))
+    # Hellinger bounds TV: H^2 <= TV <= sqrt(2) H (with rounding slack).
+    assert np.all(h**2 <= tv * (1 + 1e-5) + 1e-7)
+    assert np.all(tv <= np.sqrt(2) * h * (1 + 1e-5) + 1e-7)
+    assert np.all(np.asarray(jaxdiv.js_divergence(p, p)) == 0)
+
+
+@given(pairs())
+def test_pinsker(pq):
+    p, q = pq
+    kl = np.asarray(jaxdiv.kl_divergence(p, q), np.float64)
+    tv = np.asarray(jaxdiv.total_variation(p, q), np.float64)
+    assert np.all(tv <= np.sqrt(kl / 2) * (1 + 1e-5) + 1e-7)
+
+
+@given(pairs(), st.floats(0.05, 0.95), st.floats(1.05, 6.0))
+def test_renyi_is_monotone_in_alpha_and_brackets_kl(pq, low, high):
+    p, q = pq
+    d_low = np.asarray(jaxdiv.renyi_divergence(p, q, low), np.float64)
+    d_half = np.asarray(jaxdiv.renyi_divergence(p, q, 0.5 * (low + 1)), np.float64)
+    kl = np.asarray(jaxdiv.renyi_divergence(p, q, 1.0), np.float64)
+    d_high = np.asarray(jaxdiv.renyi_divergence(p, q, high), np.float64)
+    for a, b in [(d_low, d_half), (d_half, kl), (kl, d_high)]:
+        assert np.all(a <= b * (1 + 1e-5) + 1e-6)
+    np.testing.assert_allclose(kl, jaxdiv.kl_divergence(p, q), rtol=1e-5, atol=1e-6)
+    near = np.asarray(jaxdiv.renyi_divergence(p, q, 1 + 1e-4), np.float64)
+    finite = np.isfinite(kl)
+    np.testing.assert_allclose(near[finite], kl[finite], rtol=1e-2, atol=1e-5)
+
+
+@given(pairs())
+def test_logits_and_probability_versions_agree(pq):
+    p, q = pq
+    pp, qp = np.exp(p - p.max(-1, keepdims=True)), np.exp(q - q.max(-1, keepdims=True))
+    np.testing.assert_allclose(
+        jaxdiv.probs.js_divergence(pp, qp), jaxdiv.js_divergence(np.log(pp), np.log(qp)), rtol=1e-4, atol=1e-7
+    )
+    np.testing.assert_allclose(
+        jaxdiv.probs.total_variation(pp, qp), jaxdiv.total_variation(np.log(pp), np.log(qp)), rtol=1e-4, atol=1e-7
+    )
