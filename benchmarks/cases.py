@@ -3,7 +3,10 @@
 Each kernel is timed against the formulations users write today:
 
 * ``numpy``: the textbook formula in float32 NumPy, as users write it;
-* ``optax``: optax's composition, jitted (autodiff for the gradients);
+* ``scipy``: SciPy's function where it has the quantity (float64, as SciPy
+  computes), forward only;
+* ``optax``: optax's composition, jitted (autodiff for the gradients); where
+  optax has no such loss, the same formula hand-written in JAX;
 * ``roofline``: a jitted pass that reads the inputs once with the minimum
   number of ``exp`` per element (and, for forward+backward, writes the
   gradient arrays) -- the practical floor on a CPU.
@@ -22,10 +25,10 @@ import numpy as np
 
 import jaxdiv
 
-KERNELS = ("kl", "ce_labels", "gaussian_kl")
+KERNELS = ("kl", "ce_labels", "gaussian_kl", "js", "tv", "hellinger")
 
 # Default sizes [rows, classes] (for gaussian_kl: [batch, latent dimensions]).
-SIZES = {"kl": (4096, 32000), "ce_labels": (4096, 32000), "gaussian_kl": (65536, 256)}
+SIZES = {k: (4096, 32000) for k in KERNELS} | {"gaussian_kl": (65536, 256)}
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -76,6 +79,58 @@ def numpy_vae_kl(mean, log_var):
 def jax_vae_kl(mean, log_var):
     """The hand-written VAE term, as it appears in most JAX code bases."""
     return -0.5 * jnp.sum(1 + log_var - mean**2 - jnp.exp(log_var), axis=-1)
+
+
+def _numpy_softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def numpy_js(p_logits, q_logits):
+    p, q = _numpy_softmax(p_logits), _numpy_softmax(q_logits)
+    m = 0.5 * (p + q)
+    return 0.5 * np.sum(p * np.log(p / m), -1) + 0.5 * np.sum(q * np.log(q / m), -1)
+
+
+def numpy_tv(p_logits, q_logits):
+    return 0.5 * np.sum(np.abs(_numpy_softmax(p_logits) - _numpy_softmax(q_logits)), -1)
+
+
+def numpy_hellinger(p_logits, q_logits):
+    p, q = _numpy_softmax(p_logits), _numpy_softmax(q_logits)
+    return np.sqrt(0.5 * np.sum((np.sqrt(p) - np.sqrt(q)) ** 2, -1))
+
+
+def scipy_kl(p_logits, q_logits):
+    import scipy.special
+    import scipy.stats
+
+    p, q = scipy.special.softmax(p_logits, -1), scipy.special.softmax(q_logits, -1)
+    return scipy.stats.entropy(p, q, axis=-1)
+
+
+def scipy_js(p_logits, q_logits):
+    import scipy.spatial.distance
+    import scipy.special
+
+    p, q = scipy.special.softmax(p_logits, -1), scipy.special.softmax(q_logits, -1)
+    return scipy.spatial.distance.jensenshannon(p, q, axis=-1) ** 2
+
+
+def jax_js(p_logits, q_logits):
+    """JS as hand-written in JAX: the mixture through logaddexp."""
+    lp, lq = jax.nn.log_softmax(p_logits), jax.nn.log_softmax(q_logits)
+    lm = jnp.logaddexp(lp, lq) - jnp.log(2.0)
+    return 0.5 * jnp.sum(jnp.exp(lp) * (lp - lm) + jnp.exp(lq) * (lq - lm), -1)
+
+
+def jax_tv(p_logits, q_logits):
+    return 0.5 * jnp.sum(jnp.abs(jax.nn.softmax(p_logits) - jax.nn.softmax(q_logits)), -1)
+
+
+def jax_hellinger(p_logits, q_logits):
+    p, q = jax.nn.softmax(p_logits), jax.nn.softmax(q_logits)
+    return jnp.sqrt(0.5 * jnp.sum((jnp.sqrt(p) - jnp.sqrt(q)) ** 2, -1))
 
 
 def optax_kl(p_logits, q_logits):
@@ -131,15 +186,24 @@ FORWARD: dict[str, dict[str, Callable]] = {
     },
 }
 
-# What the "optax" column holds for each kernel.
-BASELINE_NAME = {"kl": "optax", "ce_labels": "optax", "gaussian_kl": "hand-written JAX"}
-
-GRAD_ARGNUMS = {"kl": (0, 1), "ce_labels": (0,), "gaussian_kl": (0, 1)}
-ROOFLINE_GRAD = {
-    "kl": _roofline_two_inputs_grad,
-    "ce_labels": _roofline_one_input_grad,
-    "gaussian_kl": _roofline_two_inputs_grad,
+FORWARD["kl"]["scipy"] = scipy_kl
+FORWARD |= {
+    "js": {"jaxdiv": jaxdiv.js_divergence, "optax": jax_js, "numpy": numpy_js,
+           "scipy": scipy_js, "roofline": _roofline_two_inputs},
+    "tv": {"jaxdiv": jaxdiv.total_variation, "optax": jax_tv, "numpy": numpy_tv,
+           "roofline": _roofline_two_inputs},
+    "hellinger": {"jaxdiv": jaxdiv.hellinger_distance, "optax": jax_hellinger,
+                  "numpy": numpy_hellinger, "roofline": _roofline_two_inputs},
 }
+IMPLS = ("jaxdiv", "optax", "numpy", "scipy", "roofline")
+
+# What the "optax" column holds for each kernel (optax has no Gaussian KL, JS, TV or Hellinger).
+BASELINE_NAME = {k: "optax" for k in KERNELS} | {
+    k: "hand-written JAX" for k in ("gaussian_kl", "js", "tv", "hellinger")
+}
+
+GRAD_ARGNUMS = {k: (0, 1) for k in KERNELS} | {"ce_labels": (0,)}
+ROOFLINE_GRAD = {k: _roofline_two_inputs_grad for k in KERNELS} | {"ce_labels": _roofline_one_input_grad}
 
 
 def _args(kernel: str, inputs: Inputs, i: int):
@@ -151,9 +215,13 @@ def _numpy_args(kernel: str, inputs: Inputs):
     return inputs.p_np, (inputs.labels_np if kernel == "ce_labels" else inputs.q_np)
 
 
+def _host_only(impl: str) -> bool:
+    return impl in ("numpy", "scipy")
+
+
 def jitted(kernel: str, impl: str, mode: str) -> Callable | None:
     """The jitted callable for one case, or None where it does not exist."""
-    if impl == "numpy":
+    if _host_only(impl) or impl not in FORWARD[kernel]:
         return None
     if impl == "roofline":
         return jax.jit(FORWARD[kernel][impl] if mode == "fwd" else ROOFLINE_GRAD[kernel])
@@ -165,11 +233,13 @@ def jitted(kernel: str, impl: str, mode: str) -> Callable | None:
 
 def callables(kernel: str, impl: str, mode: str, inputs: Inputs) -> list[Callable[[], Any]] | None:
     """Zero-argument calls, one per input copy (rotated when timed); None if n/a."""
-    if impl == "numpy":
+    if impl not in FORWARD[kernel]:
+        return None
+    if _host_only(impl):
         if mode != "fwd":
             return None
         args = _numpy_args(kernel, inputs)
-        return [lambda: FORWARD[kernel]["numpy"](*args)]
+        return [lambda: FORWARD[kernel][impl](*args)]
     f = jitted(kernel, impl, mode)
     return [
         (lambda a=_args(kernel, inputs, i): jax.block_until_ready(f(*a)))
@@ -216,7 +286,7 @@ def accuracy_inputs(kernel: str, regime: str, rows: int = 64, classes: int = 409
         # mean and log-variance; "near": a posterior 1e-4 away from the prior.
         scale = 1e-4 if regime == "near" else 1.0
         return (scale * p).astype(np.float32), (scale * rng.standard_normal(p.shape)).astype(np.float32)
-    if kernel == "kl":
+    if kernel in ("kl", "js", "tv", "hellinger"):
         noise = 1e-4 if regime == "near" else None
         q = (p + noise * rng.standard_normal(p.shape) if noise else rng.standard_normal(p.shape))
         return p, q.astype(np.float32)
@@ -230,13 +300,19 @@ def relative_error(kernel: str, impl: str, regime: str) -> float | None:
     """Max float32 relative error against the float64 value of the same inputs."""
     from tests import reference
 
-    if impl == "roofline":
+    if impl == "roofline" or impl not in FORWARD[kernel]:
         return None
     first, second = accuracy_inputs(kernel, regime)
     if kernel == "gaussian_kl":
         want = reference.gaussian_kl(first, second, 0 * first, 0 * second)
     elif kernel == "kl":
         want = reference.kl(first, second)
+    elif kernel == "js":
+        want = reference.js(first, second)
+    elif kernel == "tv":
+        want = reference.total_variation(first, second)
+    elif kernel == "hellinger":
+        want = np.sqrt(reference.hellinger_squared(first, second))
     else:
         want = reference.integer_cross_entropy(first, second)
     got = np.asarray(FORWARD[kernel][impl](first, second), np.float64)
