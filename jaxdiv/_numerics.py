@@ -159,7 +159,7 @@ def neg_log1pmx_near(s: jax.Array) -> jax.Array:
     neither part cancels the other on this interval.
     """
     u = s / (2.0 + s)
-    return s * s / (2.0 + s) - 2.0 * u * u * u * _atanh_series_over_u(u, 3)
+    return s * u - 2.0 * u * u * u * _atanh_series_over_u(u, 3)
 
 
 class LogNormaliser(NamedTuple):

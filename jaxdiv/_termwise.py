@@ -278,11 +278,19 @@ def _build(space: _Space, terms: Terms):
                 "jaxdiv does not differentiate divergences with respect to their "
                 "parameters (alpha, beta); pass them through jax.lax.stop_gradient."
             )
-        rows = map_rows(lambda a, b: _rows(space, terms, params, a, b, True), x, y)
-        # Only the per-row values are kept for the backward pass; the
-        # coefficient arrays are recomputed there, block by block.
-        value, stats = row_stats((rows.value, rows.stats))
-        tangent = _inner(rows.coef_x, dx) + _inner(rows.coef_y, dy)
+        dx = jnp.zeros_like(x) if isinstance(dx, SymbolicZero) else dx
+        dy = jnp.zeros_like(y) if isinstance(dy, SymbolicZero) else dy
+
+        # The tangent is formed inside each block, so that reverse mode
+        # transposes it block by block too: the gradient arrays are written
+        # straight from cache-resident coefficients, which are never stored.
+        @jax.checkpoint
+        def block(a, b, da, db):
+            rows = _rows(space, terms, params, a, b, True)
+            return rows.value, rows.stats, _inner(rows.coef_x, da) + _inner(rows.coef_y, db)
+
+        value, stats, tangent = map_rows(block, x, y, dx, dy)
+        value, stats = row_stats((value, stats))
         # NaN inputs poison their own row's gradient, linearly.
         return value, tangent * jnp.where(space.invalid(stats), jnp.nan, 1.0)
 
