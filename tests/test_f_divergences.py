@@ -558,3 +558,17 @@ def test_naive_js_gradient_is_nan_where_jaxdiv_is_finite():
     g = jax.grad(jaxdiv.js_divergence, (0, 1))(p, q)
     assert all(np.all(np.isfinite(gi)) for gi in g)
     np.testing.assert_allclose(jaxdiv.js_divergence(p, q), ref.js(p, q), rtol=2e-6)
+
+
+def test_scipy_jensenshannon_is_nan_on_nearly_equal_float32_input(rng):
+    # SciPy sums the textbook terms in the input's float32: near equality the
+    # divergence rounds negative and its square root is NaN.
+    p = logits(rng, (64, 1024))
+    q = (p + 1e-5 * rng.standard_normal(p.shape)).astype(np.float32)
+    pk, qk = scipy.special.softmax(p, -1), scipy.special.softmax(q, -1)
+    with np.errstate(invalid="ignore"):
+        assert np.any(np.isnan(scipy.spatial.distance.jensenshannon(pk, qk, axis=-1)))
+    got = jaxdiv.js_distance(p, q)
+    assert np.all(np.isfinite(got)) and np.all(np.asarray(got) > 0)
+    want = np.sqrt([ref.family_mpmath("js", p[i], q[i]) for i in range(4)])
+    np.testing.assert_allclose(got[:4], want, rtol=1e-4)
