@@ -11,6 +11,7 @@ import scipy.stats
 
 import jaxdiv
 from tests import reference as ref
+from tests.inputs import logits, rel_err, with_zeros
 
 NEG_INF = -np.inf
 
@@ -20,24 +21,6 @@ PAIRWISE = {
     "cross_entropy": (jaxdiv.cross_entropy, ref.cross_entropy),
     "entropy": (lambda p, q, **kw: jaxdiv.entropy(p, **kw), lambda p, q: ref.entropy(p)),
 }
-
-
-def rel_err(got, want):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return np.max(np.abs(got - want) / np.maximum(np.abs(want), 1e-300))
-
-
-def logits(rng, shape, scale=1.0):
-    return (scale * rng.standard_normal(shape)).astype(np.float32)
-
-
-def with_zeros(rng, x, frac=0.3):
-    """Put -inf (zero probability) at random places, keeping one finite entry per row."""
-    x = x.copy()
-    mask = rng.random(x.shape) < frac
-    mask[..., 0] = False
-    x[mask] = NEG_INF
-    return x
 
 
 # ------------------------------------------------------------- 1. reference

@@ -16,6 +16,7 @@ from jax.scipy.special import xlogy
 
 import jaxdiv
 from tests import reference as ref
+from tests.inputs import logits, rel_err, with_zeros
 
 NEG_INF = -np.inf
 LOG2 = float(np.log(2))
@@ -57,23 +58,6 @@ SYMMETRIC = ["js", "js_distance", "tv", "hellinger", "hellinger_squared", "jeffr
 BOUNDED = {"js": LOG2, "js_distance": np.sqrt(LOG2), "tv": 1.0, "hellinger": 1.0, "hellinger_squared": 1.0}
 # divergences that stay finite whatever the supports
 FINITE = ["js", "js_beta", "js_distance", "tv", "hellinger", "hellinger_squared"]
-
-
-def rel_err(got, want):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return np.max(np.abs(got - want) / np.maximum(np.abs(want), 1e-300))
-
-
-def logits(rng, shape, scale=1.0):
-    return (scale * rng.standard_normal(shape)).astype(np.float32)
-
-
-def with_zeros(rng, x, frac=0.3):
-    x = x.copy()
-    mask = rng.random(x.shape) < frac
-    mask[..., 0] = False
-    x[mask] = NEG_INF
-    return x
 
 
 # ------------------------------------------------------------- 1. reference

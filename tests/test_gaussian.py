@@ -8,6 +8,7 @@ import scipy.stats
 from jax.test_util import check_grads
 
 from jaxdiv import gaussian
+from tests.inputs import rel_err
 from tests.reference import gaussian_kl as ref_kl_diag
 
 
@@ -43,11 +44,6 @@ def diag_params(rng, shape, spread=1.0):
         rng.standard_normal(shape).astype(np.float32),
         (spread * rng.standard_normal(shape)).astype(np.float32),
     )
-
-
-def rel_err(got, want):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return np.max(np.abs(got - want) / np.abs(want))
 
 
 # ----------------------------------------------------------------- diagonal

@@ -12,6 +12,7 @@ import scipy.stats
 import jaxdiv
 from jaxdiv import probs
 from tests import reference as ref
+from tests.inputs import rel_err
 
 # name -> (probs function of (p, q, **kw), logits function of (p, q, **kw))
 PAIRS = {
@@ -38,11 +39,6 @@ def histograms(rng, shape, zeros=0.0):
     x[rng.random(shape) < zeros] = 0.0
     x[..., 0] += 0.1
     return x
-
-
-def rel_err(got, want):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return np.max(np.abs(got - want) / np.maximum(np.abs(want), 1e-300))
 
 
 # ------------------------------------------------------------------ SciPy
