@@ -34,6 +34,7 @@ import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
 from jaxdiv import _checks
+from jaxdiv._labels import label_stats
 from jaxdiv._numerics import (
     difference,
     finite_or_zero,
@@ -199,49 +200,6 @@ _entropy.defjvp(_entropy_jvp, symbolic_zeros=True)
 _entropy = recompute_in_backward(_entropy)
 
 
-# ------------------------------------------------------------- integer labels
-
-
-def _label_rows(logits: Array, labels: Array) -> tuple[Array, Array]:
-    """``(-log softmax(logits)[label], log-normaliser)`` per row."""
-    norm = log_normaliser(logits)
-    num_classes = logits.shape[-1]
-    in_range = (labels >= 0) & (labels < num_classes)
-    index = jnp.clip(labels, 0, max(num_classes - 1, 0))[..., None]
-    picked = jnp.take_along_axis(norm.centred, index, axis=-1)[..., 0]
-    finite = picked > -jnp.inf
-    value = jnp.where(finite, norm.log_sum - jnp.where(finite, picked, 0.0), jnp.inf)
-    value = jnp.where(jnp.isfinite(norm.log_sum), value, jnp.inf)
-    value = jnp.where(in_range & ~invalid(norm.log_sum), value, jnp.nan)
-    return value, _log_sum_exp(norm)
-
-
-@jax.custom_jvp
-def _integer_cross_entropy(logits: Array, labels: Array) -> Array:
-    return map_rows(_label_rows, logits, labels)[0]
-
-
-# Closed form: d CE / d logits = softmax(logits) - onehot(label).
-def _integer_cross_entropy_jvp(primals, tangents):
-    logits, labels = primals
-    dlogits = tangents[0]
-    value, lse = row_stats(map_rows(_label_rows, logits, labels))
-    if _is_zero(dlogits):
-        return value, jnp.zeros_like(value)
-    num_classes = logits.shape[-1]
-    in_range = (labels >= 0) & (labels < num_classes)
-    # onehot as a compare, not a gather: its transpose is then an elementwise
-    # loop fused with the softmax, not a scatter into the gradient.
-    onehot = jax.lax.broadcasted_iota(labels.dtype, logits.shape, logits.ndim - 1) == labels[..., None]
-    tangent = row_sum((_softmax(logits, lse) - onehot) * dlogits)
-    # An out-of-range label poisons its own row's gradient, linearly.
-    return value, tangent * jnp.where(in_range, 1.0, jnp.nan)
-
-
-_integer_cross_entropy.defjvp(_integer_cross_entropy_jvp, symbolic_zeros=True)
-_integer_cross_entropy = recompute_in_backward(_integer_cross_entropy)
-
-
 # ------------------------------------------------------------------ public API
 
 
@@ -404,7 +362,7 @@ def cross_entropy_with_integer_labels(
     (x,), _ = _checks.logits((logits,), ("logits",), axis=axis, where=where)
     batch_shape = x.shape[:-1]
     labels = _checks.integer_labels(labels, batch_shape, jnp.shape(logits))
-    return _checks.in_base(_integer_cross_entropy(x, labels), base)
+    return _checks.in_base(label_stats(x, labels).nll, base)
 
 
 def validate_labels(labels: ArrayLike, num_classes: int) -> Array:

@@ -1,0 +1,199 @@
+r"""The cross-entropy kernel behind every label loss: integer or soft targets, one pass.
+
+For logits :math:`x` (optionally soft-capped), :math:`Q = \mathrm{softmax}(x)` and
+a target (an integer label :math:`y`, or probabilities :math:`t`), one pass over
+the classes gives the per-row statistics that every option of
+:func:`jaxdiv.losses.softmax_cross_entropy` is assembled from:
+
+* ``nll``: :math:`-\log Q_y`, or :math:`\sum_c w_c t_c (-\log Q_c)` for soft targets;
+* ``log_normaliser``: :math:`\log \sum_c e^{x_c}` (what z-loss squares);
+* ``uniform_nll``: :math:`\frac{1}{n}\sum_{c: x_c > -\infty} w_c (-\log Q_c)`, the
+  cross-entropy against the uniform distribution over the ``n`` classes the
+  model can predict (label smoothing's second part), from the normaliser and
+  the row sum of the logits: no one-hot or smoothed target is ever built;
+* ``top1``: 1 where the label is an arg max of the logits (accuracy, for free:
+  the label's centred logit is 0).
+
+Each :math:`-\log Q_c = \log(1 + \sum_{j \ne j^*} e^{x_j - m}) - (x_c - m)` is a
+sum of non-negative parts, so confident predictions keep full accuracy.
+
+Rows dropped by ``valid`` (masked or ignored positions) are never read: their
+statistics are 0 (``log_normaliser`` ``-inf``) and their gradient is exactly 0.
+The closed-form tangents are ``d log_normaliser = <Q, dx>``,
+``d nll = d log_normaliser - dx_y`` (soft: ``<w t, d log_normaliser - dx>``),
+and likewise for ``uniform_nll``; only the per-row statistics are kept for the
+backward pass.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
+
+from jaxdiv._numerics import (
+    finite_or_zero,
+    invalid,
+    log_normaliser,
+    map_rows,
+    recompute_in_backward,
+    row_max,
+    row_stats,
+    row_sum,
+)
+
+Array = jax.Array
+
+
+class LabelStats(NamedTuple):
+    """Per-row statistics of :func:`label_stats`, all of the batch shape."""
+
+    nll: Array             # -log Q_y (soft: sum_c w_c t_c (-log Q_c)); 0 at dropped rows
+    log_normaliser: Array  # log sum exp(x); -inf at dropped rows and rows without support
+    uniform_nll: Array     # sum_{x_c > -inf} w_c (-log Q_c) / n; 0 unless smoothing is asked
+    top1: Array            # 1.0 where the label is an arg max of the logits, else 0.0
+
+
+def _is_zero(t) -> bool:
+    return isinstance(t, SymbolicZero)
+
+
+def _softcap(x: Array, cap: Optional[float]) -> Array:
+    """``cap * tanh(x / cap)``; ``-inf`` stays ``-inf`` (zero probability) and ``+inf``, NaN stay invalid."""
+    if cap is None:
+        return x
+    return jnp.where(jnp.abs(x) < jnp.inf, cap * jnp.tanh(x / cap), x)
+
+
+def _softcap_slope(x: Array, cap: Optional[float]) -> Array:
+    """d softcap / dx = 1 - tanh^2, and 0 at infinite logits."""
+    t = jnp.tanh(jnp.where(jnp.abs(x) < jnp.inf, x, 0.0) / cap)
+    return jnp.where(jnp.abs(x) < jnp.inf, 1.0 - t * t, 0.0)
+
+
+def _prepare(x: Array, valid: Optional[Array], cap: Optional[float]) -> Array:
+    x = _softcap(x, cap)
+    if valid is None:
+        return x
+    return jnp.where(valid[..., None], x, -jnp.inf)
+
+
+def _rows(cap, smoothing, weights, x, target, valid=None) -> LabelStats:
+    x = _prepare(x, valid, cap)
+    norm = log_normaliser(x)
+    has_mass = norm.log_sum > -jnp.inf
+    bad = invalid(norm.log_sum)
+    num_classes = x.shape[-1]
+    if jnp.issubdtype(target.dtype, jnp.integer):
+        in_range = (target >= 0) & (target < num_classes)
+        index = jnp.clip(target, 0, max(num_classes - 1, 0))[..., None]
+        picked = jnp.take_along_axis(norm.centred, index, axis=-1)[..., 0]
+        finite = picked > -jnp.inf
+        nll = jnp.where(finite, norm.log_sum - jnp.where(finite, picked, 0.0), jnp.inf)
+        nll = jnp.where(jnp.isfinite(norm.log_sum), nll, jnp.inf)
+        nll = jnp.where(in_range, nll, jnp.nan)
+        top1 = (picked == 0) & in_range
+    else:
+        read = x > -jnp.inf
+        weighted = target if weights is None else target * weights
+        neg_log_q = jnp.where(read, norm.log_sum[..., None] - jnp.where(read, norm.centred, 0.0), jnp.inf)
+        # 0 * log 0 = 0: a zero target contributes nothing, whatever Q_c is.
+        nll = row_sum(jnp.where(weighted != 0, weighted * neg_log_q, 0.0))
+        top1 = row_max(jnp.where(norm.centred == 0, target, -jnp.inf)) >= row_max(target)
+    if smoothing:
+        read = x > -jnp.inf
+        count = row_sum(read.astype(x.dtype))
+        centred = jnp.where(read, norm.centred, 0.0)
+        if weights is None:
+            total_weight, weighted_centred = count, row_sum(centred)
+        else:
+            w = jnp.where(read, weights, 0.0)
+            total_weight, weighted_centred = row_sum(w), row_sum(w * centred)
+        # sum_c w_c (log_sum - centred_c): both parts are >= 0, nothing cancels.
+        uniform = (total_weight * norm.log_sum - weighted_centred) / jnp.maximum(count, 1.0)
+        uniform = jnp.where(has_mass, uniform, 0.0)
+    else:
+        uniform = jnp.zeros_like(norm.log_sum)
+    lse = norm.shift + norm.log_sum
+    if valid is not None:
+        nll = jnp.where(valid, nll, 0.0)
+        top1 = top1 & valid
+    nll = jnp.where(bad, jnp.nan, nll)
+    uniform = jnp.where(bad, jnp.nan, uniform)
+    return LabelStats(nll, lse, uniform, top1.astype(x.dtype))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _label_stats(cap, smoothing, logits, target, valid, weights) -> LabelStats:
+    rows = functools.partial(_rows, cap, smoothing, weights)
+    if valid is None:
+        return map_rows(rows, logits, target)
+    return map_rows(rows, logits, target, valid)
+
+
+# Closed forms (Q - onehot, Q - t, Q - uniform) instead of autodiff through the
+# selects, which would leak NaN at -inf logits and store [..., C] intermediates.
+def _label_stats_jvp(cap, smoothing, primals, tangents):
+    logits, target, valid, weights = primals
+    dlogits = tangents[0]
+    stats = row_stats(_label_stats(cap, smoothing, logits, target, valid, weights))
+    if _is_zero(dlogits):
+        return stats, jax.tree.map(jnp.zeros_like, stats)
+    x = _prepare(logits, valid, cap)
+    if cap is not None:
+        dlogits = dlogits * _softcap_slope(logits, cap)
+    if valid is not None:
+        dlogits = jnp.where(valid[..., None], dlogits, 0.0)
+    probs = jnp.exp(x - finite_or_zero(stats.log_normaliser)[..., None])
+    d_lse = row_sum(probs * dlogits)
+    num_classes = x.shape[-1]
+    if jnp.issubdtype(target.dtype, jnp.integer):
+        # onehot as a compare, not a gather: its transpose is then an elementwise
+        # loop fused with the softmax, not a scatter into the gradient.
+        iota = jax.lax.broadcasted_iota(target.dtype, x.shape, x.ndim - 1)
+        d_picked = row_sum(jnp.where(iota == target[..., None], dlogits, 0.0))
+        in_range = (target >= 0) & (target < num_classes)
+        # An out-of-range label poisons its own row's gradient, linearly.
+        d_nll = (d_lse - d_picked) * jnp.where(in_range, 1.0, jnp.nan)
+    else:
+        weighted = target if weights is None else target * weights
+        d_nll = row_sum(weighted) * d_lse - row_sum(weighted * dlogits)
+    if smoothing:
+        read = x > -jnp.inf
+        w = read.astype(x.dtype) if weights is None else jnp.where(read, weights, 0.0)
+        count = jnp.maximum(row_sum(read.astype(x.dtype)), 1.0)
+        d_uniform = (row_sum(w) * d_lse - row_sum(w * dlogits)) / count
+    else:
+        d_uniform = jnp.zeros_like(d_lse)
+    tangent = LabelStats(d_nll, d_lse, d_uniform, jnp.zeros_like(d_lse))
+    return stats, tangent
+
+
+_label_stats.defjvp(_label_stats_jvp, symbolic_zeros=True)
+
+
+def label_stats(
+    logits: Array,
+    target: Array,
+    *,
+    valid: Optional[Array] = None,
+    weights: Optional[Array] = None,
+    softcap: Optional[float] = None,
+    smoothing: bool = False,
+) -> LabelStats:
+    """Per-row :class:`LabelStats` of ``logits`` ``[..., C]`` against ``target``.
+
+    Args:
+      logits: prepared logits, class axis last, float32 or float64.
+      target: integer labels of the batch shape, or target probabilities of the
+        logits' shape (not differentiated).
+      valid: optional boolean of the batch shape; False rows are dropped.
+      weights: optional class weights ``[C]`` (not differentiated).
+      softcap: ``cap`` of ``cap * tanh(x / cap)``, applied to the logits first.
+      smoothing: whether to compute ``uniform_nll``.
+    """
+    fn = recompute_in_backward(functools.partial(_label_stats, softcap, smoothing))
+    return fn(logits, target, valid, weights)
