@@ -41,12 +41,17 @@ def finite_or_zero(x: jax.Array) -> jax.Array:
     return jnp.where(jnp.isfinite(x), x, jnp.zeros_like(x))
 
 
+def _wide(x: jax.Array) -> bool:
+    """float64 input: the series below take more terms to stay within its rounding."""
+    return x.dtype == jnp.float64
+
+
 def _phi_over_x_squared(x: jax.Array) -> jax.Array:
-    """Horner form of sum_{k>=0} x^k / (k+2)!, through x^7 (|x| <= 1/2)."""
-    coefs = (1 / 362880, 1 / 40320, 1 / 5040, 1 / 720, 1 / 120, 1 / 24, 1 / 6, 1 / 2)
-    acc = jnp.full_like(x, coefs[0])
-    for c in coefs[1:]:
-        acc = acc * x + c
+    """Horner form of sum_{k>=0} x^k / (k+2)!, through x^7 (x^12 in float64), for |x| <= 1/2."""
+    last = 12 if _wide(x) else 7
+    acc = jnp.full_like(x, 1 / math.factorial(last + 2))
+    for k in range(last - 1, -1, -1):
+        acc = acc * x + 1 / math.factorial(k + 2)
     return acc
 
 
@@ -124,9 +129,10 @@ def neg_log1pmx(s: jax.Array) -> jax.Array:
     """
     small = jnp.abs(s) < _PSI_SERIES_RADIUS
     z = jnp.where(small, s, jnp.zeros_like(s))
-    # s^2/2 - s^3/3 + s^4/4 - ..., through s^16 (next term < 1e-9 relative).
+    # s^2/2 - s^3/3 + s^4/4 - ..., through s^16 (next term < 1e-9 relative;
+    # float64: through s^28, < 1e-16).
     acc = jnp.zeros_like(z)
-    for k in range(16, 1, -1):
+    for k in range(28 if _wide(s) else 16, 1, -1):
         acc = acc * z + ((-1) ** k) / k
     series = acc * z * z
     s_direct = jnp.where(small, jnp.ones_like(s), s)
@@ -135,10 +141,11 @@ def neg_log1pmx(s: jax.Array) -> jax.Array:
 
 
 def _atanh_series_over_u(u: jax.Array, first: int) -> jax.Array:
-    """sum_{k>=0} u^(2k) / (2k + first), through u^12: 1e-9 relative for |u| <= 1/4."""
+    """sum_{k>=0} u^(2k) / (2k + first), through u^12 (u^24 in float64): 1e-9 (1e-16) relative for |u| <= 1/4."""
     u2 = u * u
-    acc = jnp.full_like(u, 1.0 / (first + 12))
-    for k in range(5, -1, -1):
+    last = 12 if _wide(u) else 6
+    acc = jnp.full_like(u, 1.0 / (first + 2 * last))
+    for k in range(last - 1, -1, -1):
         acc = acc * u2 + 1.0 / (first + 2 * k)
     return acc
 
