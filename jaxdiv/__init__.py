@@ -1,7 +1,8 @@
 """jaxdiv: exact, log-space divergences for JAX, with defined values and gradients at zero probability."""
 
-from jaxdiv import gaussian, probs
+from jaxdiv import gaussian, losses, probs
 from jaxdiv.categorical import (
+    bernoulli_kl_divergence,
     cross_entropy,
     cross_entropy_with_integer_labels,
     entropy,
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "bernoulli_kl_divergence",
     "cross_entropy",
     "cross_entropy_with_integer_labels",
     "entropy",
@@ -32,6 +34,7 @@ __all__ = [
     "js_distance",
     "js_divergence",
     "kl_divergence",
+    "losses",
     "probs",
     "renyi_divergence",
     "total_variation",

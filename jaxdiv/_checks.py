@@ -208,3 +208,26 @@ def integer_labels(labels, batch_shape: tuple[int, ...], logits_shape) -> jax.Ar
             f"got labels shape {tuple(labels.shape)}."
         )
     return jnp.broadcast_to(labels, batch_shape)
+
+
+def positions(where, batch_shape: tuple[int, ...], described: str) -> Optional[jax.Array]:
+    """A boolean mask over positions (one entry per loss term), broadcast to ``batch_shape``."""
+    where = mask(where)
+    if where is None:
+        return None
+    try:
+        shape = np.broadcast_shapes(where.shape, batch_shape)
+    except ValueError:
+        shape = None
+    if shape != tuple(batch_shape):
+        raise ValueError(
+            f"expected where of shape {tuple(batch_shape)} (one entry per position: "
+            f"{described}) or broadcastable to it, got where shape {tuple(where.shape)}."
+        )
+    return jnp.broadcast_to(where, batch_shape)
+
+
+def choice(value: str, name: str, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}.")
+    return value

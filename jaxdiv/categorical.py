@@ -57,6 +57,7 @@ __all__ = [
     "entropy",
     "cross_entropy_with_integer_labels",
     "validate_labels",
+    "bernoulli_kl_divergence",
 ]
 
 
@@ -389,3 +390,63 @@ def validate_labels(labels: ArrayLike, num_classes: int) -> Array:
             f"range, e.g. {values[first]} at index {first}."
         )
     return labels
+
+
+def _two_class_logits(logit: Array) -> Array:
+    """Logits of ``[sigma(a), sigma(-a)]`` as ``[min(a, 0), -max(a, 0)]``.
+
+    Exact, finite except for an infinite ``a`` (a probability of 0 or 1 becomes a
+    ``-inf`` logit, never ``+inf``), and the difference of two of them is the
+    exact difference of the logits, which the KL kernel needs near equality.
+    """
+    return jnp.stack([jnp.minimum(logit, 0.0), -jnp.maximum(logit, 0.0)], axis=-1)
+
+
+def bernoulli_kl_divergence(
+    p_logits: ArrayLike,
+    q_logits: ArrayLike,
+    *,
+    where: Optional[ArrayLike] = None,
+    base: Optional[float] = None,
+) -> Array:
+    r"""KL divergence between Bernoulli distributions given by logits, element by element.
+
+    .. math::
+      KL(\mathrm{Bern}(p) \| \mathrm{Bern}(q)) = p \log\frac{p}{q} + (1 - p)\log\frac{1 - p}{1 - q},
+      \quad p = \sigma(a), \; q = \sigma(b).
+
+    The two-class case of :func:`kl_divergence` (its kernel, on the logits
+    ``[min(a, 0), -max(a, 0)]``), so it inherits its conventions: logits of
+    ``+-inf`` (probabilities 1 and 0) give exact values and finite gradients
+    (distrax gives NaN at p = 0), ``+inf`` where p has mass q lacks, exactly 0
+    for equal inputs, full accuracy for nearly equal ones.
+
+    Args:
+      p_logits: logits :math:`a` of the reference Bernoulli, any shape.
+      q_logits: logits :math:`b`, broadcastable against ``p_logits``.
+      where: boolean mask over elements; masked elements give 0.
+      base: logarithm base of the result; nats by default.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxdiv
+      >>> print(jaxdiv.bernoulli_kl_divergence(jnp.array([jnp.inf, 0.0]), 0.0))  # log 2, 0
+      [0.6931472 0.       ]
+    """
+    a = _checks.float_array(p_logits, "p_logits")
+    b = _checks.float_array(q_logits, "q_logits")
+    where = _checks.mask(where)
+    try:
+        shape = np.broadcast_shapes(a.shape, b.shape, () if where is None else where.shape)
+    except ValueError:
+        raise ValueError(
+            f"expected shapes that broadcast, got p_logits shape {tuple(a.shape)}, "
+            f"q_logits shape {tuple(b.shape)}"
+            + ("" if where is None else f", where shape {tuple(where.shape)}") + "."
+        ) from None
+    dtype = jnp.result_type(a, b)
+    p = _two_class_logits(jnp.broadcast_to(a.astype(dtype), shape))
+    q = _two_class_logits(jnp.broadcast_to(b.astype(dtype), shape))
+    if where is not None:
+        keep = jnp.broadcast_to(where, shape)[..., None]
+        p, q = jnp.where(keep, p, -jnp.inf), jnp.where(keep, q, -jnp.inf)
+    return _checks.in_base(_kl(p, q), base)

@@ -171,3 +171,64 @@ def family_mpmath(name: str, p_logits, q_logits, param=None, dps: int = 50) -> f
         else:
             raise ValueError(name)
         return float(value)
+
+
+# ---------------------------------------------------------------------- losses
+
+
+def torch_cross_entropy(logits, labels, *, weight=None, ignore_index=-100,
+                        label_smoothing=0.0, reduction="mean") -> np.ndarray:
+    """``torch.nn.functional.cross_entropy`` for class indices, written out from PyTorch's documentation.
+
+    l_n = (1 - eps) w_{y_n} (-log q_{n,y_n}) + eps / C sum_c w_c (-log q_{n,c}),
+    0 where y_n == ignore_index; "mean" divides the sum by sum_n w_{y_n} over
+    the positions that are not ignored.
+    """
+    x = np.asarray(logits, np.float64)
+    num_classes = x.shape[-1]
+    y = np.asarray(labels).reshape(-1)
+    logq = log_softmax(x.reshape(-1, num_classes))
+    w = np.ones(num_classes) if weight is None else np.asarray(weight, np.float64)
+    keep = y != ignore_index
+    ys = np.where(keep, y, 0)
+    nll = -logq[np.arange(len(ys)), ys] * w[ys] * keep
+    smooth = -np.sum(logq * w, -1) * keep
+    per = (1 - label_smoothing) * nll + label_smoothing / num_classes * smooth
+    if reduction == "none":
+        return per.reshape(np.shape(labels))
+    if reduction == "sum":
+        return per.sum()
+    return per.sum() / np.sum(w[ys] * keep)
+
+
+def soft_cross_entropy(logits, targets) -> np.ndarray:
+    """-sum_c t_c log softmax(x)_c, with 0 log 0 = 0."""
+    logq = log_softmax(logits)
+    t = np.asarray(targets, np.float64)
+    with np.errstate(invalid="ignore"):
+        return -np.sum(np.where(t > 0, t * logq, 0.0), -1)
+
+
+def logsumexp(x) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    m = np.max(x, -1, keepdims=True)
+    return (m + np.log(np.sum(np.exp(x - m), -1, keepdims=True)))[..., 0]
+
+
+def binary_cross_entropy(x, y, pos_weight=1.0) -> np.ndarray:
+    """-w y log sigmoid(x) - (1 - y) log(1 - sigmoid(x)) in float64, 0 log 0 = 0."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    log_sig = -np.logaddexp(0.0, -x)
+    log_one_minus = -np.logaddexp(0.0, x)
+    with np.errstate(invalid="ignore"):
+        pos = np.where(y > 0, -pos_weight * y * log_sig, 0.0)
+        neg = np.where(y < 1, -(1 - y) * log_one_minus, 0.0)
+    return pos + neg
+
+
+def bernoulli_kl_mpmath(a: float, b: float, dps: int = 50) -> float:
+    """KL(Bern(sigmoid(a)) || Bern(sigmoid(b))) at high precision."""
+    with mpmath.workdps(dps):
+        a, b = mpmath.mpf(float(a)), mpmath.mpf(float(b))
+        p, q = 1 / (1 + mpmath.exp(-a)), 1 / (1 + mpmath.exp(-b))
+        return float(p * mpmath.log(p / q) + (1 - p) * mpmath.log((1 - p) / (1 - q)))

@@ -1,0 +1,675 @@
+r"""Training losses built on jaxdiv's kernels: one line in a training step, correct at the corners.
+
+Every loss here takes per-position inputs (a position is one example, one
+token, one pixel: every index of the inputs but the class axis) and shares
+these conventions:
+
+* ``where`` is a boolean mask over **positions** (the batch shape, i.e. the
+  logits' shape without the class axis), not over classes. Masked positions
+  are never read (NaN there changes nothing), contribute 0 and get an exactly
+  zero gradient. To remove classes, give them ``-inf`` logits.
+* ``reduction``: ``"none"`` returns one value per position (0 at masked
+  positions); ``"sum"`` sums them; ``"mean"`` (the default) divides that sum
+  by the number of valid positions **across all leading dimensions** (the
+  token mean of language modelling, not PyTorch's ``batchmean``, which
+  divides by the first dimension only; for that, use ``"sum"`` and divide by
+  the batch size). With class weights the cross-entropy mean is weighted (see
+  :func:`softmax_cross_entropy`). A batch with no valid position gives 0 and a
+  zero gradient, never NaN.
+* Values are returned in ``result_type(dtype, float32)`` (a bfloat16 model
+  gets a float32 loss); gradients come back in the input dtype.
+
+No loss re-implements a kernel: cross-entropy uses the label kernel of
+:func:`jaxdiv.cross_entropy_with_integer_labels`, distillation and the exact KL
+penalty the categorical KL and Jensen-Shannon kernels, Bernoulli KL the
+categorical KL on two classes, and the VAE term :mod:`jaxdiv.gaussian`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdiv import _checks, gaussian
+from jaxdiv._labels import label_stats
+from jaxdiv._numerics import difference, expm1mx
+from jaxdiv.categorical import kl_divergence
+from jaxdiv.f_divergences import js_divergence
+
+Array = jax.Array
+ArrayLike = jax.typing.ArrayLike
+
+__all__ = [
+    "CrossEntropyAux",
+    "binary_cross_entropy",
+    "distillation_loss",
+    "kl_penalty",
+    "kl_penalty_from_logits",
+    "softmax_cross_entropy",
+    "vae_kl",
+]
+
+_REDUCTIONS = ("none", "sum", "mean")
+
+
+# ------------------------------------------------------------------ reductions
+
+
+def _safe_divide(num: Array, den: Array) -> Array:
+    """``num / den``, and 0 (with a zero gradient) where ``den`` is 0: an empty batch."""
+    ok = den > 0
+    return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
+
+
+def _reduce(values: Array, weights: Array, reduction: str) -> Array:
+    """Reduce per-position ``values`` (already 0 at masked positions)."""
+    if reduction == "none":
+        return values
+    total = jnp.sum(values)
+    if reduction == "sum":
+        return total
+    return _safe_divide(total, jnp.sum(weights))
+
+
+def _counts(valid: Optional[Array], shape, dtype) -> Array:
+    """1 at valid positions, 0 at masked ones."""
+    if valid is None:
+        return jnp.ones(shape, dtype)
+    return valid.astype(dtype)
+
+
+def _is_zero(value) -> bool:
+    return _checks._is_concrete(value) and float(value) == 0.0
+
+
+# --------------------------------------------------------------- cross-entropy
+
+
+class CrossEntropyAux(NamedTuple):
+    """Auxiliary outputs of :func:`softmax_cross_entropy` (``return_aux=True``).
+
+    Attributes:
+      log_normaliser: :math:`\\log\\sum_c e^{x_c}` per position (after the
+        soft-cap; 0 at masked or ignored positions), the quantity z-loss keeps
+        near 0. Differentiable.
+      z_loss: the z-loss part of the loss, reduced like the loss (so the
+        cross-entropy part is ``loss - aux.z_loss``).
+      accuracy: whether the label is an arg max of the logits (soft labels: a
+        class of largest target probability), reduced like the loss over the
+        valid positions, unweighted: a fraction for ``"mean"``, a count for
+        ``"sum"``, 0/1 per position for ``"none"``.
+    """
+
+    log_normaliser: Array
+    z_loss: Array
+    accuracy: Array
+
+
+def _class_weights(class_weights, num_classes: int, dtype) -> Optional[Array]:
+    if class_weights is None:
+        return None
+    w = _checks.float_array(class_weights, "class_weights")
+    if w.shape != (num_classes,):
+        raise ValueError(
+            f"expected class_weights of shape ({num_classes},) (one per class), "
+            f"got shape {tuple(w.shape)}."
+        )
+    return jax.lax.stop_gradient(w.astype(dtype))
+
+
+def _softcap_value(logit_softcap) -> Optional[float]:
+    if logit_softcap is None:
+        return None
+    if not _checks._is_concrete(logit_softcap):
+        raise TypeError(
+            f"logit_softcap must be a Python number (it is static), got {logit_softcap!r}."
+        )
+    _checks.scalar_parameter(logit_softcap, "logit_softcap", 0.0, np.inf, open_low=True, open_high=True)
+    return float(logit_softcap)
+
+
+def softmax_cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis: int = -1,
+    where: Optional[ArrayLike] = None,
+    ignore_index: Optional[int] = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    logit_softcap: Optional[float] = None,
+    class_weights: Optional[ArrayLike] = None,
+    reduction: str = "mean",
+    return_aux: bool = False,
+):
+    r"""Softmax cross-entropy with the options training code needs, in one pass over the logits.
+
+    With :math:`x` the logits (soft-capped to :math:`c \tanh(x / c)` when
+    ``logit_softcap = c``), :math:`Q = \mathrm{softmax}(x)`, label :math:`y`,
+    smoothing :math:`\varepsilon`, class weights :math:`w` and the :math:`n`
+    classes whose logit is not ``-inf``, the loss at one position is
+
+    .. math::
+      \ell = (1 - \varepsilon)\, w_y (-\log Q_y)
+        + \frac{\varepsilon}{n} \sum_{c: x_c > -\infty} w_c (-\log Q_c)
+        + \lambda_z \Big(\log \sum_c e^{x_c}\Big)^2,
+
+    which is the textbook (and PyTorch) label smoothing, cross-entropy against
+    :math:`(1 - \varepsilon)\,\mathrm{onehot}(y) + \varepsilon\,\mathrm{uniform}`,
+    computed from the log-normaliser and the row sum of the logits (no
+    one-hot or smoothed target is built), plus the z-loss of PaLM. For soft
+    labels (floating ``labels`` of the logits' shape, probabilities :math:`t`)
+    the first term is :math:`(1 - \varepsilon) \sum_c w_c t_c (-\log Q_c)`.
+
+    The uniform part spans the classes whose logit is not ``-inf``: a class
+    given ``-inf`` (a padded vocabulary entry) is outside the model's support
+    and takes no smoothing mass, so the loss and its gradient stay finite
+    where the textbook formula (and PyTorch) give ``inf``. With all logits
+    finite, :math:`n = C` and the two agree.
+
+    ``reduction="mean"`` divides the cross-entropy part by
+    :math:`\sum_i w_{y_i}` over the valid positions (masked by ``where`` or
+    labelled ``ignore_index`` are not valid), i.e. by their number when there
+    are no class weights, as PyTorch does; the z-loss part by the number of
+    valid positions. Soft labels divide by the number of valid positions.
+
+    Args:
+      logits: ``[..., C, ...]``, class axis ``axis``; any real value or
+        ``-inf`` (a class the model cannot predict).
+      labels: integer class indices of the logits' shape without the class
+        axis, or floating target probabilities of the logits' shape
+        (broadcastable; not differentiated).
+      axis: the class axis of ``logits``.
+      where: boolean mask over positions (the batch shape); False positions are
+        not read and do not count.
+      ignore_index: integer labels equal to it are ignored like masked
+        positions (PyTorch's ``-100`` convention, say).
+      label_smoothing: :math:`\varepsilon \in [0, 1]`.
+      z_loss: :math:`\lambda_z \ge 0`, the weight of the squared log-normaliser.
+      logit_softcap: :math:`c > 0` (a Python number), or None for no cap.
+      class_weights: ``[C]`` non-negative weights :math:`w` (not differentiated).
+      reduction: ``"mean"``, ``"sum"`` or ``"none"``, see above.
+      return_aux: also return a :class:`CrossEntropyAux`.
+
+    Returns:
+      the loss (a scalar, or the batch shape for ``"none"``, 0 at masked and
+      ignored positions), in ``result_type(dtype, float32)``; with
+      ``return_aux``, ``(loss, aux)``. A label outside ``[0, C)`` that is not
+      ``ignore_index`` gives NaN (values cannot raise under ``jit``; see
+      :func:`jaxdiv.validate_labels`); a label whose logit is ``-inf`` gives
+      ``+inf``.
+
+    Gradient with respect to the logits, per position (before the soft-cap's
+    :math:`1 - \tanh^2` factor):
+    :math:`(1 - \varepsilon) w_y (Q - \mathrm{onehot}(y)) + \frac{\varepsilon}{n}(W Q - w \odot [x > -\infty]) + 2 \lambda_z \log\!\sum e^{x}\, Q`
+    with :math:`W = \sum_{x_c > -\infty} w_c`, divided by the reduction's
+    denominator; exactly 0 at ``-inf`` logits and at masked or ignored positions.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxdiv import losses
+      >>> logits = jnp.array([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [5.0, 5.0, 5.0]])
+      >>> labels = jnp.array([0, 1, -100])
+      >>> loss = losses.softmax_cross_entropy(logits, labels, ignore_index=-100)
+      >>> print(f"{loss:.6f}")  # mean of the two valid rows
+      0.395495
+      >>> loss, aux = losses.softmax_cross_entropy(
+      ...     logits, labels, ignore_index=-100, label_smoothing=0.1, z_loss=1e-4,
+      ...     return_aux=True)
+      >>> print(f"{loss:.6f} {aux.accuracy:.2f}")
+      0.495866 1.00
+    """
+    reduction = _checks.choice(reduction, "reduction", _REDUCTIONS)
+    _checks.scalar_parameter(label_smoothing, "label_smoothing", 0.0, 1.0, open_low=False, open_high=False)
+    _checks.scalar_parameter(z_loss, "z_loss", 0.0, np.inf, open_low=False, open_high=True)
+    cap = _softcap_value(logit_softcap)
+    labels = jnp.asarray(labels)
+    integer = jnp.issubdtype(labels.dtype, jnp.integer)
+    if integer:
+        (x,), num_classes = _checks.logits((logits,), ("logits",), axis=axis, where=None)
+        target = _checks.integer_labels(labels, x.shape[:-1], jnp.shape(logits))
+    elif jnp.issubdtype(labels.dtype, jnp.floating):
+        if ignore_index is not None:
+            raise ValueError(
+                "ignore_index applies to integer labels; got floating (soft) labels "
+                f"of dtype {labels.dtype}. Use where= to mask positions."
+            )
+        (x, target), num_classes = _checks.logits(
+            (logits, labels), ("logits", "labels"), axis=axis, where=None
+        )
+        target = jax.lax.stop_gradient(target)
+    else:
+        raise TypeError(
+            "labels must be integer class indices or floating-point target "
+            f"probabilities, got dtype {labels.dtype}."
+        )
+    batch = x.shape[:-1]
+    valid = _checks.positions(
+        where, batch, f"the logits shape {tuple(jnp.shape(logits))} without its class axis"
+    )
+    if ignore_index is not None:
+        kept = target != ignore_index
+        valid = kept if valid is None else valid & kept
+    if integer and valid is not None:
+        target = jnp.where(valid, target, 0)
+    weights = _class_weights(class_weights, num_classes, x.dtype)
+    smoothing = not _is_zero(label_smoothing)
+    stats = label_stats(
+        x, target, valid=valid, weights=weights, softcap=cap, smoothing=smoothing
+    )
+
+    counts = _counts(valid, batch, x.dtype)
+    label_weight = counts if (weights is None or not integer) else weights[target] * counts
+    eps = jnp.asarray(label_smoothing, x.dtype)
+    coef = (1.0 - eps) * (label_weight if integer else counts)
+    # coef = 0 (eps = 1, a zero class weight, a masked row) switches the term
+    # off even where -log Q_y is +inf.
+    xent = jnp.where(coef > 0, coef * stats.nll, 0.0)
+    if smoothing:
+        xent = xent + eps * stats.uniform_nll
+    lse = jnp.where(counts > 0, stats.log_normaliser, 0.0)
+    if _is_zero(z_loss):
+        z_term = jnp.zeros_like(xent)
+    else:
+        z_term = z_loss * jnp.square(jnp.where(jnp.isfinite(lse), lse, 0.0)) * counts
+
+    if reduction == "mean":
+        loss = _reduce(xent, label_weight, "mean") + _reduce(z_term, counts, "mean")
+    else:
+        loss = _reduce(xent + z_term, counts, reduction)
+    if not return_aux:
+        return loss
+    aux = CrossEntropyAux(
+        log_normaliser=lse,
+        z_loss=_reduce(z_term, counts, reduction),
+        accuracy=_reduce(stats.top1, counts, reduction),
+    )
+    return loss, aux
+
+
+# ---------------------------------------------------------------- distillation
+
+_KINDS = ("forward_kl", "reverse_kl", "jsd")
+
+
+def distillation_loss(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    *,
+    temperature: float = 1.0,
+    kind: str = "forward_kl",
+    beta: float = 0.5,
+    axis: int = -1,
+    where: Optional[ArrayLike] = None,
+    reduction: str = "mean",
+    teacher_gradient: bool = False,
+) -> Array:
+    r"""Knowledge-distillation loss between a student's and a teacher's logits.
+
+    With :math:`S = \mathrm{softmax}(s / T)`, :math:`P = \mathrm{softmax}(t / T)`
+    (student and teacher at temperature :math:`T`), per position
+
+    * ``"forward_kl"``: :math:`T^2\, KL(P \| S)`, mass-covering (Hinton et al., 2015);
+    * ``"reverse_kl"``: :math:`T^2\, KL(S \| P)`, mode-seeking (MiniLLM);
+    * ``"jsd"``: :math:`T^2\, JS_\beta(P, S) = T^2 [\beta KL(P \| M) + (1-\beta) KL(S \| M)]`,
+      :math:`M = \beta P + (1 - \beta) S`, the generalised JSD of on-policy
+      distillation (Agarwal et al., 2024): bounded (by
+      :math:`T^2 h(\beta)`), finite for disjoint supports;
+      :math:`JS_\beta / \beta \to KL(P \| S)` as :math:`\beta \to 0` and
+      :math:`JS_\beta / (1 - \beta) \to KL(S \| P)` as :math:`\beta \to 1`.
+
+    The factor :math:`T^2` is Hinton et al.'s: the gradient of the softened
+    divergence shrinks like :math:`1 / T^2`, so the scaled loss keeps its
+    gradient magnitude as :math:`T` changes and can be mixed with a
+    label loss at a fixed weight.
+
+    Each term is the accurate kernel of :func:`jaxdiv.kl_divergence` or
+    :func:`jaxdiv.js_divergence` (exact 0 for equal logits, no cancellation
+    late in training, ``-inf`` logits allowed).
+
+    Args:
+      student_logits: ``[..., C, ...]``.
+      teacher_logits: the same shape (broadcastable); receives no gradient
+        unless ``teacher_gradient=True``.
+      temperature: :math:`T > 0`.
+      kind: ``"forward_kl"``, ``"reverse_kl"`` or ``"jsd"``.
+      beta: :math:`\beta \in (0, 1)` for ``"jsd"`` (the teacher's weight in
+        the mixture); ignored otherwise.
+      axis: the class axis.
+      where: boolean mask over positions (the batch shape).
+      reduction: ``"mean"`` (over valid positions), ``"sum"`` or ``"none"``.
+      teacher_gradient: let gradients flow into ``teacher_logits``.
+
+    Returns:
+      the loss, in ``result_type(dtype, float32)``. ``+inf`` for
+      ``"forward_kl"`` where the teacher has mass on a class whose student
+      logit is ``-inf`` (and likewise for ``"reverse_kl"``).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxdiv import losses
+      >>> student = jnp.array([[1.0, 0.0, -1.0]])
+      >>> teacher = jnp.array([[2.0, 0.0, -2.0]])
+      >>> print(f"{losses.distillation_loss(student, teacher, temperature=2.0):.6f}")
+      0.241076
+    """
+    reduction = _checks.choice(reduction, "reduction", _REDUCTIONS)
+    kind = _checks.choice(kind, "kind", _KINDS)
+    _checks.scalar_parameter(temperature, "temperature", 0.0, np.inf, open_low=True, open_high=True)
+    if kind == "jsd":
+        _checks.scalar_parameter(beta, "beta", 0.0, 1.0, open_low=True, open_high=True)
+    (s, t), _ = _checks.logits(
+        (student_logits, teacher_logits), ("student_logits", "teacher_logits"),
+        axis=axis, where=None,
+    )
+    batch = s.shape[:-1]
+    valid = _checks.positions(
+        where, batch, f"the logits shape {tuple(s.shape)} without its class axis"
+    )
+    if not teacher_gradient:
+        t = jax.lax.stop_gradient(t)
+    unit_temperature = _checks._is_concrete(temperature) and float(temperature) == 1.0
+    if not unit_temperature:
+        s, t = s / temperature, t / temperature
+    if valid is not None:
+        # A masked position becomes a row without support: 0, zero gradient, never read.
+        s = jnp.where(valid[..., None], s, -jnp.inf)
+        t = jnp.where(valid[..., None], t, -jnp.inf)
+    if kind == "forward_kl":
+        value = kl_divergence(t, s)
+    elif kind == "reverse_kl":
+        value = kl_divergence(s, t)
+    else:
+        value = js_divergence(t, s, beta=beta)
+    if not unit_temperature:
+        value = value * jnp.square(jnp.asarray(temperature, value.dtype))
+    return _reduce(value, _counts(valid, batch, value.dtype), reduction)
+
+
+# ------------------------------------------------------------ RL KL penalties
+
+_ESTIMATORS = ("k1", "k2", "k3")
+
+
+def kl_penalty(
+    log_probs: ArrayLike,
+    ref_log_probs: ArrayLike,
+    *,
+    estimator: str = "k3",
+    where: Optional[ArrayLike] = None,
+    reduction: str = "mean",
+) -> Array:
+    r"""Sampled estimate of :math:`KL(\pi \| \pi_{ref})` from the log-probabilities of sampled tokens.
+
+    For tokens :math:`a \sim \pi` with :math:`r = \log \pi_{ref}(a) - \log \pi(a)`
+    (Schulman, "Approximating KL divergence", 2020):
+
+    * ``"k1"``: :math:`-r`. Unbiased, high variance, can be negative. As a
+      term of the loss its gradient :math:`\nabla \log \pi(a)` has expectation
+      0: it does not pull towards the reference (k1 belongs in the reward,
+      where the KL enters through the policy gradient).
+    * ``"k2"``: :math:`r^2 / 2`. Biased (exact to second order for nearby
+      policies), low variance, ``>= 0``. As a loss its gradient
+      :math:`-r \nabla \log \pi(a)` has expectation
+      :math:`\nabla KL(\pi \| \pi_{ref})`: the right gradient for a reverse-KL
+      penalty.
+    * ``"k3"``: :math:`e^r - 1 - r`. Unbiased, ``>= 0``, low variance (GRPO's
+      penalty). As a loss its gradient :math:`(1 - e^r) \nabla \log \pi(a)` has
+      expectation :math:`\nabla KL(\pi_{ref} \| \pi)`: the *forward* KL's
+      gradient, not that of the value it estimates.
+
+    (Expectations over :math:`a \sim \pi`, i.e. on-policy samples.)
+
+    ``k3`` is evaluated with an accurate :math:`e^r - 1 - r` (no cancellation
+    for nearly equal policies, exactly 0 when they agree). Gradients flow
+    into ``log_probs`` only; the reference is treated as a constant.
+
+    For the exact per-token KL from full logits, see :func:`kl_penalty_from_logits`.
+
+    Args:
+      log_probs: :math:`\log \pi(a)` of the sampled tokens, any shape.
+      ref_log_probs: :math:`\log \pi_{ref}(a)`, broadcastable against ``log_probs``.
+      estimator: ``"k1"``, ``"k2"`` or ``"k3"``.
+      where: boolean mask over tokens (padding, prompt tokens).
+      reduction: ``"mean"`` (over valid tokens), ``"sum"`` or ``"none"``.
+
+    Returns:
+      the penalty in nats. ``k3`` is ``+inf`` where :math:`\pi_{ref}(a) = 0 < \pi(a)`;
+      equal log-probabilities (``-inf`` included) give 0.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxdiv import losses
+      >>> logp, ref = jnp.log(jnp.array([0.5, 0.2])), jnp.log(jnp.array([0.4, 0.2]))
+      >>> print(f"{losses.kl_penalty(logp, ref, estimator='k3'):.6f}")  # (0.8 - 1 - log 0.8) / 2
+      0.011572
+    """
+    reduction = _checks.choice(reduction, "reduction", _REDUCTIONS)
+    estimator = _checks.choice(estimator, "estimator", _ESTIMATORS)
+    lp = _checks.float_array(log_probs, "log_probs")
+    ref = _checks.float_array(ref_log_probs, "ref_log_probs")
+    try:
+        shape = np.broadcast_shapes(lp.shape, ref.shape)
+    except ValueError:
+        raise ValueError(
+            f"expected log_probs and ref_log_probs that broadcast, got log_probs shape "
+            f"{tuple(lp.shape)}, ref_log_probs shape {tuple(ref.shape)}."
+        ) from None
+    dtype = jnp.result_type(lp, ref)
+    lp = jnp.broadcast_to(lp.astype(dtype), shape)
+    ref = jax.lax.stop_gradient(jnp.broadcast_to(ref.astype(dtype), shape))
+    valid = _checks.positions(where, shape, "one per sampled token")
+    if valid is not None:
+        lp, ref = jnp.where(valid, lp, 0.0), jnp.where(valid, ref, 0.0)
+    r = difference(ref, lp, ref != lp)
+    if estimator == "k1":
+        value = -r
+    elif estimator == "k2":
+        value = 0.5 * jnp.square(r)
+    else:
+        value = expm1mx(r)
+    return _reduce(value, _counts(valid, shape, dtype), reduction)
+
+
+def kl_penalty_from_logits(
+    logits: ArrayLike,
+    ref_logits: ArrayLike,
+    *,
+    axis: int = -1,
+    where: Optional[ArrayLike] = None,
+    reduction: str = "mean",
+) -> Array:
+    r"""The exact per-token :math:`KL(\pi \| \pi_{ref})` from full logits, reduced over tokens.
+
+    :func:`jaxdiv.kl_divergence` of the policy's logits against the
+    reference's (accurate down to KL ~ 1e-12, the regime of RLHF penalties),
+    with the reference treated as a constant. Its gradient is the exact
+    reverse-KL gradient that :func:`kl_penalty`'s ``"k2"`` estimates.
+
+    Args:
+      logits: the policy's logits ``[..., V, ...]``.
+      ref_logits: the reference model's logits, the same shape.
+      axis: the vocabulary axis.
+      where: boolean mask over tokens (the batch shape).
+      reduction: ``"mean"`` (over valid tokens), ``"sum"`` or ``"none"``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxdiv import losses
+      >>> print(f"{losses.kl_penalty_from_logits(jnp.zeros(4), jnp.zeros(4)):.1f}")
+      0.0
+    """
+    return distillation_loss(
+        logits, ref_logits, kind="reverse_kl", axis=axis, where=where, reduction=reduction
+    )
+
+
+# ---------------------------------------------------------------------- binary
+
+
+@jax.custom_jvp
+def _binary_cross_entropy(x: Array, y: Array, pos_weight: Array) -> Array:
+    # y softplus(-x) + (1 - y) softplus(x), where 0 * softplus(+-inf) is 0.
+    positive = jnp.where(y != 0, pos_weight * y * jax.nn.softplus(-x), 0.0)
+    negative = jnp.where(y != 1, (1.0 - y) * jax.nn.softplus(x), 0.0)
+    return positive + negative
+
+
+# Closed form sigmoid(x) (w y + 1 - y) - w y: finite at x = +-inf, where the
+# selects' autodiff would multiply a zero cotangent by an infinite softplus.
+@_binary_cross_entropy.defjvp
+def _binary_cross_entropy_jvp(primals, tangents):
+    x, y, pos_weight = primals
+    value = _binary_cross_entropy(x, y, pos_weight)
+    slope = jax.nn.sigmoid(x) * (pos_weight * y + 1.0 - y) - pos_weight * y
+    return value, slope * tangents[0]
+
+
+def binary_cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    where: Optional[ArrayLike] = None,
+    pos_weight: Optional[ArrayLike] = None,
+    reduction: str = "mean",
+) -> Array:
+    r"""Sigmoid (binary) cross-entropy from logits, element by element.
+
+    .. math::
+      \ell = -w\, y \log \sigma(x) - (1 - y) \log(1 - \sigma(x))
+           = w\, y\, \mathrm{softplus}(-x) + (1 - y)\, \mathrm{softplus}(x),
+
+    with :math:`0 \cdot \infty = 0`: logits of ``+-inf`` (probabilities 1
+    and 0) give exact values and the finite gradient
+    :math:`\sigma(x)(w y + 1 - y) - w y` where PyTorch and distrax give NaN.
+    Multi-label classification is this loss over a ``[..., labels]`` array.
+
+    Args:
+      logits: any shape; any real value or ``+-inf``.
+      labels: targets in ``[0, 1]`` (soft labels allowed), broadcastable to
+        ``logits``; not differentiated (for a divergence between two
+        Bernoullis use :func:`jaxdiv.bernoulli_kl_divergence`).
+      where: boolean mask over elements.
+      pos_weight: :math:`w`, the weight of positive examples (PyTorch's
+        ``pos_weight``), broadcastable; 1 by default.
+      reduction: ``"mean"`` (over valid elements), ``"sum"`` or ``"none"``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxdiv import losses
+      >>> x, y = jnp.array([jnp.inf, -jnp.inf, 0.0]), jnp.array([1.0, 0.0, 1.0])
+      >>> print(losses.binary_cross_entropy(x, y, reduction="none"))  # 0, 0, log 2
+      [0.        0.        0.6931472]
+      >>> print(jax.grad(losses.binary_cross_entropy)(x, y))
+      [ 0.          0.         -0.16666667]
+    """
+    reduction = _checks.choice(reduction, "reduction", _REDUCTIONS)
+    x = _checks.float_array(logits, "logits")
+    y = _checks.float_array(labels, "labels")
+    w = None if pos_weight is None else _checks.float_array(pos_weight, "pos_weight")
+    arrays = [("logits", x), ("labels", y)] + ([] if w is None else [("pos_weight", w)])
+    try:
+        shape = np.broadcast_shapes(*(a.shape for _, a in arrays))
+    except ValueError:
+        raise ValueError(
+            "expected logits, labels and pos_weight that broadcast, got "
+            + ", ".join(f"{n} shape {tuple(a.shape)}" for n, a in arrays) + "."
+        ) from None
+    if shape != x.shape:
+        raise ValueError(
+            f"labels and pos_weight must broadcast to the logits shape {tuple(x.shape)}, "
+            f"got " + ", ".join(f"{n} shape {tuple(a.shape)}" for n, a in arrays[1:]) + "."
+        )
+    dtype = jnp.result_type(*(a for _, a in arrays))
+    x = x.astype(dtype)
+    y = jax.lax.stop_gradient(jnp.broadcast_to(y.astype(dtype), shape))
+    w = jnp.ones((), dtype) if w is None else jax.lax.stop_gradient(w.astype(dtype))
+    w = jnp.broadcast_to(w, shape)
+    valid = _checks.positions(where, shape, "one per element of the logits")
+    if valid is not None:
+        x, y = jnp.where(valid, x, 0.0), jnp.where(valid, y, 0.0)
+        w = jnp.where(valid, w, 0.0)
+    value = _binary_cross_entropy(x, y, w)
+    if valid is not None:
+        value = jnp.where(valid, value, 0.0)
+    return _reduce(value, _counts(valid, shape, dtype), reduction)
+
+
+# ------------------------------------------------------------------------- VAE
+
+
+def vae_kl(
+    mean: ArrayLike,
+    log_var: ArrayLike,
+    *,
+    free_bits: float = 0.0,
+    axis: int = -1,
+    where: Optional[ArrayLike] = None,
+    reduction: str = "mean",
+) -> Array:
+    r"""The VAE's :math:`KL(q(z|x) \| N(0, I))`, optionally with free bits per latent dimension.
+
+    Per example and latent dimension :math:`j`,
+    :math:`KL_j = \tfrac12(\mu_j^2 + e^{v_j} - 1 - v_j)` (from
+    :func:`jaxdiv.gaussian.kl_standard_normal`, accurate for posteriors close
+    to the prior). Without free bits the loss is :math:`\sum_j KL_j` per
+    example, reduced over examples. With ``free_bits`` :math:`\lambda > 0`
+    (Kingma et al., 2016, "Improved variational inference with inverse
+    autoregressive flow"), each dimension's KL averaged over the valid examples
+    of the batch is floored:
+
+    .. math::
+      \mathcal{L}_{KL} = \sum_j \max\big(\lambda,\; \mathbb{E}_{x}[KL_j]\big),
+
+    so a dimension using less than :math:`\lambda` nats receives no gradient
+    pushing it further towards the prior (posterior collapse is resisted).
+    ``"sum"`` multiplies this by the number of valid examples; ``"none"`` is
+    not defined with free bits (the floor acts on a batch average).
+
+    Args:
+      mean: posterior means ``[..., D, ...]``, latent axis ``axis``.
+      log_var: posterior log-variances, broadcastable against ``mean``.
+      free_bits: :math:`\lambda \ge 0`, in nats per latent dimension.
+      axis: the latent axis.
+      where: boolean mask over examples (the batch shape).
+      reduction: ``"mean"`` (over valid examples), ``"sum"`` or ``"none"``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxdiv import losses
+      >>> mean, log_var = jnp.array([[0.1, 0.0], [0.3, 0.0]]), jnp.zeros((2, 2))
+      >>> print(f"{losses.vae_kl(mean, log_var):.4f}")  # (0.01 + 0.09) / 2 / 2
+      0.0250
+      >>> print(f"{losses.vae_kl(mean, log_var, free_bits=0.1):.4f}")  # max(0.1, .025) + max(0.1, 0)
+      0.2000
+    """
+    reduction = _checks.choice(reduction, "reduction", _REDUCTIONS)
+    _checks.scalar_parameter(free_bits, "free_bits", 0.0, np.inf, open_low=False, open_high=True)
+    floored = not _is_zero(free_bits)
+    if floored and reduction == "none":
+        raise ValueError(
+            "free_bits floors the batch average of each dimension's KL, so it needs "
+            "reduction='mean' or 'sum', got reduction='none'."
+        )
+    (m, v), _ = _checks.class_arrays(
+        (mean, log_var), ("mean", "log_var"), axis=axis, where=None, fill=0.0
+    )
+    batch = m.shape[:-1]
+    valid = _checks.positions(
+        where, batch, f"the mean shape {tuple(m.shape)} without its latent axis"
+    )
+    if valid is not None:
+        # A masked example becomes the prior itself: exactly 0, zero gradient.
+        m, v = jnp.where(valid[..., None], m, 0.0), jnp.where(valid[..., None], v, 0.0)
+    per_dim = gaussian.kl_standard_normal(m[..., None], v[..., None])   # [..., D]
+    counts = _counts(valid, batch, per_dim.dtype)
+    if not floored:
+        return _reduce(jnp.sum(per_dim, axis=-1), counts, reduction)
+    examples = jnp.sum(counts)
+    dim_mean = _safe_divide(jnp.sum(per_dim.reshape(-1, per_dim.shape[-1]), axis=0), examples)
+    value = jnp.sum(jnp.maximum(dim_mean, free_bits))
+    value = jnp.where(examples > 0, value, 0.0)
+    return value if reduction == "mean" else value * examples
