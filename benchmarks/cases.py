@@ -25,7 +25,7 @@ import numpy as np
 
 import jaxdiv
 
-KERNELS = ("kl", "ce_labels", "gaussian_kl", "js", "tv", "hellinger")
+KERNELS = ("kl", "ce_labels", "gaussian_kl", "js", "tv", "hellinger", "ce_options", "distill")
 
 # Default sizes [rows, classes] (for gaussian_kl: [batch, latent dimensions]).
 SIZES = {k: (4096, 32000) for k in KERNELS} | {"gaussian_kl": (65536, 256)}
@@ -43,6 +43,11 @@ class Inputs:
     q_np: np.ndarray
     labels_np: np.ndarray
 
+    @property
+    def ignored_labels(self) -> list:
+        """The labels with about 10% of the positions set to ``IGNORE`` (padding)."""
+        return [with_ignored(y) for y in self.labels]
+
 
 def make_inputs(rows: int, classes: int, dtype=jnp.float32, copies: int = 2, seed: int = 0) -> Inputs:
     keys = jax.random.split(jax.random.key(seed), 3 * copies)
@@ -56,6 +61,16 @@ def make_inputs(rows: int, classes: int, dtype=jnp.float32, copies: int = 2, see
 
 
 # ---------------------------------------------------------------- the formulas
+
+# The training-loss cases: cross-entropy with every common option, and distillation.
+IGNORE, SMOOTHING, Z_LOSS, TEMPERATURE = -100, 0.1, 1e-4, 2.0
+
+
+def with_ignored(labels, fraction: float = 0.1):
+    """``labels`` with about ``fraction`` of the positions (every tenth) set to ``IGNORE``."""
+    xp = np if isinstance(labels, np.ndarray) else jnp
+    index = xp.arange(labels.shape[0])
+    return xp.where(index % round(1 / fraction) == 3, IGNORE, labels)
 
 
 def numpy_kl(p_logits, q_logits):
@@ -147,6 +162,51 @@ def optax_ce_labels(logits, labels):
     return optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+def jaxdiv_ce_options(logits, labels):
+    return jaxdiv.losses.softmax_cross_entropy(
+        logits, labels, ignore_index=IGNORE, label_smoothing=SMOOTHING, z_loss=Z_LOSS,
+        reduction="none",
+    )
+
+
+def optax_ce_options(logits, labels):
+    """optax has no ignore index or z-loss: smoothed one-hot targets, a mask and logsumexp."""
+    import optax
+
+    valid = labels != IGNORE
+    onehot = jax.nn.one_hot(jnp.where(valid, labels, 0), logits.shape[-1], dtype=logits.dtype)
+    xent = optax.losses.softmax_cross_entropy(logits, optax.smooth_labels(onehot, SMOOTHING))
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    return jnp.where(valid, xent + Z_LOSS * lse**2, 0.0)
+
+
+def numpy_ce_options(logits, labels):
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_sum = np.log(np.exp(shifted).sum(-1, keepdims=True))
+    log_probs = shifted - log_sum
+    valid = labels != IGNORE
+    picked = np.take_along_axis(log_probs, np.where(valid, labels, 0)[:, None], -1)[:, 0]
+    xent = -(1 - SMOOTHING) * picked - SMOOTHING * log_probs.mean(-1)
+    lse = (log_sum[:, 0] + logits.max(-1))
+    return np.where(valid, xent + Z_LOSS * lse**2, 0.0)
+
+
+def jaxdiv_distill(student, teacher):
+    return jaxdiv.losses.distillation_loss(student, teacher, temperature=TEMPERATURE, reduction="none")
+
+
+def optax_distill(student, teacher):
+    import optax
+
+    t = TEMPERATURE
+    return optax.losses.kl_divergence(jax.nn.log_softmax(student / t), jax.nn.softmax(teacher / t)) * t**2
+
+
+def numpy_distill(student, teacher):
+    t = TEMPERATURE
+    return numpy_kl(teacher / t, student / t) * t**2
+
+
 def _roofline_two_inputs(p, q):
     return jnp.sum(jnp.exp(p) * jnp.exp(q), axis=-1)
 
@@ -161,6 +221,10 @@ def _roofline_one_input(x, labels):
 
 def _roofline_one_input_grad(x, labels):
     return jnp.exp(x)
+
+
+def _roofline_two_inputs_one_grad(p, q):
+    return jnp.exp(p) * jnp.exp(q)
 
 
 # kernel -> implementation -> function of (first, second) for the forward pass
@@ -194,25 +258,41 @@ FORWARD |= {
            "roofline": _roofline_two_inputs},
     "hellinger": {"jaxdiv": jaxdiv.hellinger_distance, "optax": jax_hellinger,
                   "numpy": numpy_hellinger, "roofline": _roofline_two_inputs},
+    "ce_options": {"jaxdiv": jaxdiv_ce_options, "optax": optax_ce_options,
+                   "numpy": numpy_ce_options, "roofline": _roofline_one_input},
+    "distill": {"jaxdiv": jaxdiv_distill, "optax": optax_distill, "numpy": numpy_distill,
+                "roofline": _roofline_two_inputs},
 }
 IMPLS = ("jaxdiv", "optax", "numpy", "scipy", "roofline")
 
 # What the "optax" column holds for each kernel (optax has no Gaussian KL, JS, TV or Hellinger).
-BASELINE_NAME = {k: "optax" for k in KERNELS} | {
+BASELINE_NAME = {k: "optax" for k in KERNELS} | {"ce_options": "optax + one-hot + mask"} | {
     k: "hand-written JAX" for k in ("gaussian_kl", "js", "tv", "hellinger")
 }
 
-GRAD_ARGNUMS = {k: (0, 1) for k in KERNELS} | {"ce_labels": (0,)}
-ROOFLINE_GRAD = {k: _roofline_two_inputs_grad for k in KERNELS} | {"ce_labels": _roofline_one_input_grad}
+# The gradients a training step takes: the logits for the label losses, the
+# student for distillation (the teacher is a constant), both inputs otherwise.
+GRAD_ARGNUMS = {k: (0, 1) for k in KERNELS} | {"ce_labels": (0,), "ce_options": (0,), "distill": (0,)}
+ROOFLINE_GRAD = {k: _roofline_two_inputs_grad for k in KERNELS} | {
+    "ce_labels": _roofline_one_input_grad, "ce_options": _roofline_one_input_grad,
+    "distill": _roofline_two_inputs_one_grad,
+}
 
 
 def _args(kernel: str, inputs: Inputs, i: int):
-    second = inputs.labels[i] if kernel == "ce_labels" else inputs.q[i]
-    return inputs.p[i], second
+    if kernel == "ce_labels":
+        return inputs.p[i], inputs.labels[i]
+    if kernel == "ce_options":
+        return inputs.p[i], inputs.ignored_labels[i]
+    return inputs.p[i], inputs.q[i]
 
 
 def _numpy_args(kernel: str, inputs: Inputs):
-    return inputs.p_np, (inputs.labels_np if kernel == "ce_labels" else inputs.q_np)
+    if kernel == "ce_labels":
+        return inputs.p_np, inputs.labels_np
+    if kernel == "ce_options":
+        return inputs.p_np, with_ignored(inputs.labels_np)
+    return inputs.p_np, inputs.q_np
 
 
 def _host_only(impl: str) -> bool:
@@ -286,14 +366,16 @@ def accuracy_inputs(kernel: str, regime: str, rows: int = 64, classes: int = 409
         # mean and log-variance; "near": a posterior 1e-4 away from the prior.
         scale = 1e-4 if regime == "near" else 1.0
         return (scale * p).astype(np.float32), (scale * rng.standard_normal(p.shape)).astype(np.float32)
-    if kernel in ("kl", "js", "tv", "hellinger"):
+    if kernel in ("kl", "js", "tv", "hellinger", "distill"):
         noise = 1e-4 if regime == "near" else None
         q = (p + noise * rng.standard_normal(p.shape) if noise else rng.standard_normal(p.shape))
         return p, q.astype(np.float32)
     if regime == "near":
         p = (20 * p).astype(np.float32)
-        return p, np.argmax(p, -1).astype(np.int32)
-    return p, rng.integers(0, classes, rows).astype(np.int32)
+        labels = np.argmax(p, -1).astype(np.int32)
+    else:
+        labels = rng.integers(0, classes, rows).astype(np.int32)
+    return p, (with_ignored(labels) if kernel == "ce_options" else labels)
 
 
 def relative_error(kernel: str, impl: str, regime: str) -> float | None:
@@ -313,10 +395,18 @@ def relative_error(kernel: str, impl: str, regime: str) -> float | None:
         want = reference.total_variation(first, second)
     elif kernel == "hellinger":
         want = np.sqrt(reference.hellinger_squared(first, second))
+    elif kernel == "distill":
+        t = np.float32(TEMPERATURE)
+        want = reference.kl(second / t, first / t) * TEMPERATURE**2
+    elif kernel == "ce_options":
+        want = reference.torch_cross_entropy(
+            first, second, ignore_index=IGNORE, label_smoothing=SMOOTHING, reduction="none"
+        ) + Z_LOSS * reference.logsumexp(first) ** 2 * (second != IGNORE)
     else:
         want = reference.integer_cross_entropy(first, second)
     got = np.asarray(FORWARD[kernel][impl](first, second), np.float64)
-    return float(np.max(np.abs(got - want) / np.abs(want)))
+    counted = want != 0   # ignored positions are 0 in every implementation
+    return float(np.max(np.abs(got - want)[counted] / np.abs(want[counted])))
 
 
 CLOSENESS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)

@@ -39,6 +39,8 @@ def test_report_writes_json_and_markdown(tmp_path, capsys):
     assert "| kl | 4x8 | fwd | jaxdiv |" in table and "| gaussian_kl | 4x3 | fwd+bwd |" in table
     assert "| js | 4x8 | fwd | scipy |" in table and "| hellinger | 4x8 | fwd | hand-written JAX |" in table
     assert "KL accuracy as Q approaches P" in table
+    assert "| ce_options | 4x8 | fwd+bwd | optax + one-hot + mask |" in table and "| distill | 4x8 | fwd |" in table
+    assert "Cross-entropy options (smoothing + z-loss + ignore index)" in table
     assert "jaxdiv speed-up" in capsys.readouterr().out
 
 
