@@ -84,17 +84,31 @@ def _has_mass(lse: Array) -> Array:
     return (lse > -jnp.inf)[..., None]
 
 
+def _scaled(x: Array, scale: Optional[Array]) -> Array:
+    return x if scale is None else x * scale
+
+
+def _scaled_log_ratio(scale: Optional[Array]):
+    return lambda p, q: log_ratio(_scaled(p, scale), _scaled(q, scale))
+
+
 @jax.custom_jvp
-def _kl(p: Array, q: Array) -> Array:
-    return map_rows(log_ratio, p, q).kl
+def _scaled_kl(p: Array, q: Array, scale: Optional[Array]) -> Array:
+    """KL between ``softmax(scale * p)`` and ``softmax(scale * q)``.
+
+    The scale (an inverse temperature, not differentiated) is applied inside
+    each row block, so tempered logits are never materialised.
+    """
+    return map_rows(_scaled_log_ratio(scale), p, q).kl
 
 
 # Closed forms: dKL/dq = Q - P, dKL/dp = -P (log Q - log P + KL); autodiff through
 # the branches of log_ratio would be slower and leaks NaN at -inf.
 def _kl_jvp(primals, tangents):
-    p, q = primals
-    dp, dq = tangents
-    stats = row_stats(map_rows(log_ratio, p, q))
+    p, q, scale = primals
+    dp, dq, _ = tangents
+    stats = row_stats(map_rows(_scaled_log_ratio(scale), p, q))
+    p, q = _scaled(p, scale), _scaled(q, scale)
     # P is formed twice, as exp(p - lse) and exp(p + (-lse)), so that XLA does not
     # share it between the two gradients: one exp more per class beats
     # materialising P as a [..., C] temporary.
@@ -109,11 +123,15 @@ def _kl_jvp(primals, tangents):
     coef_p = jnp.where(read & finite, -probs_p_own * (log_q_over_p + kl), 0.0)
     # d/dq of sum(P) lse(q) - <P, q>: Q - P, and 0 where P has no mass.
     coef_q = jnp.where(_has_mass(stats.lse_p), _softmax(q, stats.lse_q) - probs_p, 0.0)
-    return stats.kl, _inner(coef_p, dp) + _inner(coef_q, dq)
+    return stats.kl, _scaled(_inner(coef_p, dp) + _inner(coef_q, dq), scale)
 
 
-_kl.defjvp(_kl_jvp, symbolic_zeros=True)
-_kl = recompute_in_backward(_kl)
+_scaled_kl.defjvp(_kl_jvp, symbolic_zeros=True)
+_scaled_kl = recompute_in_backward(_scaled_kl)
+
+
+def _kl(p: Array, q: Array) -> Array:
+    return _scaled_kl(p, q, None)
 
 
 # ------------------------------------------------------ cross-entropy, entropy
