@@ -21,7 +21,8 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 # Above this |x| the direct forms of phi and psi lose less than their series'
-# truncation; both series are cut where the next term is below 1e-9 relative.
+# truncation; both series are cut where the next term is below 1e-9 relative
+# (float32; float64 inputs take more terms, see _wide).
 _PHI_SERIES_RADIUS = 0.5
 _PSI_SERIES_RADIUS = 0.25
 
