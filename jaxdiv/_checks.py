@@ -192,16 +192,20 @@ def scalar_parameter(value, name: str, low: float, high: float, *, open_low: boo
     return value
 
 
+def _fits_batch(shape: tuple[int, ...], batch_shape: tuple[int, ...]) -> bool:
+    """Whether an array of ``shape`` broadcasts to exactly ``batch_shape``."""
+    try:
+        return np.broadcast_shapes(shape, batch_shape) == tuple(batch_shape)
+    except ValueError:
+        return False
+
+
 def integer_labels(labels, batch_shape: tuple[int, ...], logits_shape) -> jax.Array:
     """Validate integer ``labels`` against the logits' batch shape (class axis removed)."""
     labels = jnp.asarray(labels)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}.")
-    try:
-        shape = np.broadcast_shapes(labels.shape, batch_shape)
-    except ValueError:
-        shape = None
-    if shape != tuple(batch_shape):
+    if not _fits_batch(labels.shape, batch_shape):
         raise ValueError(
             f"expected labels of shape {tuple(batch_shape)} (the logits shape "
             f"{tuple(logits_shape)} without its class axis) or broadcastable to it, "
@@ -215,11 +219,7 @@ def positions(where, batch_shape: tuple[int, ...], described: str) -> Optional[j
     where = mask(where)
     if where is None:
         return None
-    try:
-        shape = np.broadcast_shapes(where.shape, batch_shape)
-    except ValueError:
-        shape = None
-    if shape != tuple(batch_shape):
+    if not _fits_batch(where.shape, batch_shape):
         raise ValueError(
             f"expected where of shape {tuple(batch_shape)} (one entry per position: "
             f"{described}) or broadcastable to it, got where shape {tuple(where.shape)}."
