@@ -36,6 +36,7 @@ from jax.custom_derivatives import SymbolicZero
 from jaxdiv import _checks
 from jaxdiv._labels import label_stats
 from jaxdiv._numerics import (
+    LogRatio,
     difference,
     finite_or_zero,
     invalid,
@@ -84,31 +85,38 @@ def _has_mass(lse: Array) -> Array:
     return (lse > -jnp.inf)[..., None]
 
 
-def _scaled(x: Array, scale: Optional[Array]) -> Array:
-    return x if scale is None else x * scale
+def _tempered(x: Array, scale: Optional[Array], valid: Optional[Array]) -> Array:
+    """``scale * x``, with the rows where ``valid`` is False emptied (all ``-inf``)."""
+    x = x if scale is None else x * scale
+    return x if valid is None else jnp.where(valid[..., None], x, -jnp.inf)
 
 
-def _scaled_log_ratio(scale: Optional[Array]):
-    return lambda p, q: log_ratio(_scaled(p, scale), _scaled(q, scale))
+def _tempered_stats(p: Array, q: Array, scale, valid) -> LogRatio:
+    if valid is None:
+        return map_rows(lambda a, b: log_ratio(_tempered(a, scale, None), _tempered(b, scale, None)), p, q)
+    return map_rows(
+        lambda a, b, v: log_ratio(_tempered(a, scale, v), _tempered(b, scale, v)), p, q, valid
+    )
 
 
 @jax.custom_jvp
-def _scaled_kl(p: Array, q: Array, scale: Optional[Array]) -> Array:
-    """KL between ``softmax(scale * p)`` and ``softmax(scale * q)``.
+def _scaled_kl(p: Array, q: Array, scale: Optional[Array], valid: Optional[Array]) -> Array:
+    """KL between ``softmax(scale * p)`` and ``softmax(scale * q)``, 0 at rows where ``valid`` is False.
 
-    The scale (an inverse temperature, not differentiated) is applied inside
-    each row block, so tempered logits are never materialised.
+    The scale (an inverse temperature, not differentiated) and the row mask are
+    applied inside each row block, so tempered or masked logits are never
+    materialised, and masked rows are never read.
     """
-    return map_rows(_scaled_log_ratio(scale), p, q).kl
+    return _tempered_stats(p, q, scale, valid).kl
 
 
 # Closed forms: dKL/dq = Q - P, dKL/dp = -P (log Q - log P + KL); autodiff through
 # the branches of log_ratio would be slower and leaks NaN at -inf.
 def _kl_jvp(primals, tangents):
-    p, q, scale = primals
-    dp, dq, _ = tangents
-    stats = row_stats(map_rows(_scaled_log_ratio(scale), p, q))
-    p, q = _scaled(p, scale), _scaled(q, scale)
+    p, q, scale, valid = primals
+    dp, dq = tangents[:2]
+    stats = row_stats(_tempered_stats(p, q, scale, valid))
+    p, q = _tempered(p, scale, valid), _tempered(q, scale, valid)
     # P is formed twice, as exp(p - lse) and exp(p + (-lse)), so that XLA does not
     # share it between the two gradients: one exp more per class beats
     # materialising P as a [..., C] temporary.
@@ -123,7 +131,8 @@ def _kl_jvp(primals, tangents):
     coef_p = jnp.where(read & finite, -probs_p_own * (log_q_over_p + kl), 0.0)
     # d/dq of sum(P) lse(q) - <P, q>: Q - P, and 0 where P has no mass.
     coef_q = jnp.where(_has_mass(stats.lse_p), _softmax(q, stats.lse_q) - probs_p, 0.0)
-    return stats.kl, _scaled(_inner(coef_p, dp) + _inner(coef_q, dq), scale)
+    tangent = _inner(coef_p, dp) + _inner(coef_q, dq)
+    return stats.kl, tangent if scale is None else tangent * scale
 
 
 _scaled_kl.defjvp(_kl_jvp, symbolic_zeros=True)
@@ -131,7 +140,7 @@ _scaled_kl = recompute_in_backward(_scaled_kl)
 
 
 def _kl(p: Array, q: Array) -> Array:
-    return _scaled_kl(p, q, None)
+    return _scaled_kl(p, q, None, None)
 
 
 # ------------------------------------------------------ cross-entropy, entropy

@@ -36,7 +36,7 @@ import numpy as np
 from jaxdiv import _checks, gaussian
 from jaxdiv._labels import label_stats
 from jaxdiv._numerics import difference, expm1mx
-from jaxdiv.categorical import _scaled_kl
+from jaxdiv.categorical import _scaled_kl, _tempered
 from jaxdiv.f_divergences import js_divergence
 
 Array = jax.Array
@@ -372,19 +372,16 @@ def distillation_loss(
     if not teacher_gradient:
         t = jax.lax.stop_gradient(t)
     unit_temperature = _checks._is_concrete(temperature) and float(temperature) == 1.0
-    if valid is not None:
-        # A masked position becomes a row without support: 0, zero gradient, never read.
-        s = jnp.where(valid[..., None], s, -jnp.inf)
-        t = jnp.where(valid[..., None], t, -jnp.inf)
-    # The KL kernel applies 1/T inside its row blocks; JS gets tempered logits.
     inverse = None if unit_temperature else jax.lax.stop_gradient(1.0 / jnp.asarray(temperature, s.dtype))
+    # A masked position is a row without support: 0, zero gradient, never read.
+    # The KL kernel applies 1/T and the mask inside its row blocks; JS gets
+    # tempered, masked logits.
     if kind == "forward_kl":
-        value = _scaled_kl(t, s, inverse)
+        value = _scaled_kl(t, s, inverse, valid)
     elif kind == "reverse_kl":
-        value = _scaled_kl(s, t, inverse)
+        value = _scaled_kl(s, t, inverse, valid)
     else:
-        if inverse is not None:
-            s, t = s * inverse, t * inverse
+        s, t = _tempered(s, inverse, valid), _tempered(t, inverse, valid)
         value = js_divergence(t, s, beta=beta)
     if not unit_temperature:
         value = value * jnp.square(jnp.asarray(temperature, value.dtype))
