@@ -57,10 +57,6 @@ class LabelStats(NamedTuple):
     top1: Array            # 1.0 where the label is an arg max of the logits, else 0.0
 
 
-def _is_zero(t) -> bool:
-    return isinstance(t, SymbolicZero)
-
-
 def _softcap(x: Array, cap: Optional[float]) -> Array:
     """``cap * tanh(x / cap)``; ``-inf`` stays ``-inf`` (zero probability) and ``+inf``, NaN stay invalid."""
     if cap is None:
@@ -140,7 +136,7 @@ def _label_stats_jvp(cap, smoothing, primals, tangents):
     logits, target, valid, weights = primals
     dlogits = tangents[0]
     stats = row_stats(_label_stats(cap, smoothing, logits, target, valid, weights))
-    if _is_zero(dlogits):
+    if isinstance(dlogits, SymbolicZero):
         return stats, jax.tree.map(jnp.zeros_like, stats)
     x = _prepare(logits, valid, cap)
     if cap is not None:

@@ -81,7 +81,8 @@ def _counts(valid: Optional[Array], shape, dtype) -> Array:
     return valid.astype(dtype)
 
 
-def _is_zero(value) -> bool:
+def _is_static_zero(value) -> bool:
+    """A hyperparameter known at trace time to be 0: its term is left out of the graph."""
     return _checks._is_concrete(value) and float(value) == 0.0
 
 
@@ -256,7 +257,7 @@ def softmax_cross_entropy(
     if integer and valid is not None:
         target = jnp.where(valid, target, 0)
     weights = _class_weights(class_weights, num_classes, x.dtype)
-    smoothing = not _is_zero(label_smoothing)
+    smoothing = not _is_static_zero(label_smoothing)
     stats = label_stats(
         x, target, valid=valid, weights=weights, softcap=cap, smoothing=smoothing
     )
@@ -271,7 +272,7 @@ def softmax_cross_entropy(
     if smoothing:
         xent = xent + eps * stats.uniform_nll
     lse = jnp.where(counts > 0, stats.log_normaliser, 0.0)
-    if _is_zero(z_loss):
+    if _is_static_zero(z_loss):
         z_term = jnp.zeros_like(xent)
     else:
         z_term = z_loss * jnp.square(jnp.where(jnp.isfinite(lse), lse, 0.0)) * counts
@@ -647,7 +648,7 @@ def vae_kl(
     """
     reduction = _checks.choice(reduction, "reduction", _REDUCTIONS)
     _checks.scalar_parameter(free_bits, "free_bits", 0.0, np.inf, open_low=False, open_high=True)
-    floored = not _is_zero(free_bits)
+    floored = not _is_static_zero(free_bits)
     if floored and reduction == "none":
         raise ValueError(
             "free_bits floors the batch average of each dimension's KL, so it needs "
