@@ -1,10 +1,12 @@
 """The benchmark report: ``python3 benchmarks/report.py [options]``.
 
-On first use it creates ``.venv`` and installs what it needs. It times every
-case of ``benchmarks/cases.py`` (jaxdiv, optax, naive NumPy and a roofline
-proxy; forward and forward+backward), measures compiled temporary memory and
-float32 accuracy against float64, prints a table and writes ``results.json``
-and ``results.md`` into ``--out``.
+On first use it creates ``.venv`` and installs what it needs. It detects the
+device, times every kernel of ``benchmarks/cases.py`` against its baselines
+(optax or hand-written JAX, PyTorch when installed, naive NumPy, SciPy) and a
+roofline proxy, forward and forward+backward, sweeps the headline kernels over
+sizes and dtypes, measures compiled memory, achieved bandwidth and float32
+accuracy against float64, prints a summary and writes ``results.json``,
+``results.md`` and PNG plots into ``--out``.
 """
 
 from __future__ import annotations
@@ -15,30 +17,93 @@ import json
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+# rows x classes (Gaussian: batch x latent dimensions) per device kind.
+DEFAULTS = {
+    "cpu": {"size": (4096, 32000), "sweep": [(256, 1024), (1024, 128256)],
+            "gaussian": (65536, 256), "gaussian_sweep": [(1024, 64), (16384, 2048)]},
+    "gpu": {"size": (4096, 32000),
+            "sweep": [(256, 1024), (1024, 128256), (16384, 131072), (8192, 256000)],
+            "gaussian": (65536, 256), "gaussian_sweep": [(1024, 64), (16384, 2048), (262144, 512)]},
+    "quick": {"size": (256, 1024), "sweep": [(64, 4096)],
+              "gaussian": (1024, 64), "gaussian_sweep": [(256, 16)]},
+}
+DEFAULTS["tpu"] = DEFAULTS["gpu"]
+
+
+def _size(text: str) -> tuple:
+    try:
+        rows, classes = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ROWSxCLASSES such as 4096x32000, got {text!r}")
+    return rows, classes
+
 
 def parse_args(argv=None):
+    from benchmarks import cases
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=4096, help="rows of the categorical kernels")
-    parser.add_argument("--classes", type=int, default=32000)
-    parser.add_argument("--gaussian-batch", type=int, default=65536)
-    parser.add_argument("--gaussian-dims", type=int, default=256)
-    parser.add_argument("--kernels", nargs="+", default=None,
-                        help="subset of: kl ce_labels gaussian_kl js tv hellinger ce_options distill")
-    parser.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"])
-    parser.add_argument("--repeats", type=int, default=7, help="timed calls per case (median)")
-    parser.add_argument("--quick", action="store_true", help="small sizes, 2 repeats: a smoke run")
+    parser.add_argument("--kernels", nargs="+", default=None, choices=list(cases.KERNELS),
+                        metavar="KERNEL", help="subset of: " + " ".join(cases.KERNELS))
+    parser.add_argument("--size", type=_size, default=None,
+                        help="rows x classes of every categorical kernel (default 4096x32000)")
+    parser.add_argument("--sweep", type=_size, nargs="*", default=None,
+                        help="more sizes for the sweep kernels (default on CPU: 256x1024 1024x128256)")
+    parser.add_argument("--sweep-kernels", nargs="*", default=list(cases.SWEEP_KERNELS),
+                        choices=list(cases.KERNELS), metavar="KERNEL",
+                        help="kernels swept over sizes and dtypes (default: kl ce_labels gaussian_kl)")
+    parser.add_argument("--gaussian-size", type=_size, default=None,
+                        help="batch x latent dimensions of gaussian_kl (default 65536x256)")
+    parser.add_argument("--gaussian-sweep", type=_size, nargs="*", default=None)
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
+                        choices=["float32", "bfloat16", "float16"],
+                        help="every kernel runs in the first; the sweep kernels also in the others")
+    parser.add_argument("--modes", nargs="+", default=list(cases.MODES), choices=list(cases.MODES))
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "tpu"])
+    parser.add_argument("--repeats", type=int, default=5, help="minimum timed calls per case (median)")
+    parser.add_argument("--budget", type=float, default=1.5,
+                        help="seconds of timed calls per case before stopping at the minimum")
+    parser.add_argument("--quick", action="store_true", help="small sizes, 2 calls: a smoke run")
     parser.add_argument("--no-accuracy", action="store_true")
+    parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmark-results")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rows, args.classes, args.repeats = 256, 1024, 2
-        args.gaussian_batch, args.gaussian_dims = 1024, 64
+        args.repeats, args.budget = 2, 0.1
     return args
+
+
+def select_device(device: str) -> str:
+    """Make JAX use ``device`` (or the best one present); return its platform: cpu, gpu or tpu."""
+    import jax
+
+    if device != "auto":
+        jax.config.update("jax_platforms", {"gpu": "cuda,rocm"}.get(device, device))
+    return jax.default_backend()
+
+
+def plan(args, platform_name: str) -> list[tuple]:
+    """The (kernel, shape, dtype) entries of this run, in order."""
+    from benchmarks import cases
+
+    defaults = DEFAULTS["quick" if args.quick else platform_name]
+    size = args.size or defaults["size"]
+    sweep = defaults["sweep"] if args.sweep is None else args.sweep
+    gaussian = args.gaussian_size or defaults["gaussian"]
+    gaussian_sweep = defaults["gaussian_sweep"] if args.gaussian_sweep is None else args.gaussian_sweep
+    entries = []
+    for kernel in args.kernels or list(cases.KERNELS):
+        main, more = (gaussian, gaussian_sweep) if kernel == "gaussian_kl" else (size, sweep)
+        entries.append((kernel, tuple(main), args.dtypes[0]))
+        if kernel in args.sweep_kernels:
+            entries += [(kernel, tuple(s), args.dtypes[0]) for s in more if tuple(s) != tuple(main)]
+            entries += [(kernel, tuple(main), dtype) for dtype in args.dtypes[1:]]
+    return entries
 
 
 def machine() -> dict:
@@ -55,7 +120,7 @@ def machine() -> dict:
         pass
     device = jax.devices()[0]
     versions = {"python": platform.python_version(), "jax": jax.__version__, "numpy": np.__version__}
-    for name in ("jaxlib", "optax", "scipy"):
+    for name in ("jaxlib", "optax", "scipy", "torch"):
         try:
             versions[name] = __import__(name).__version__
         except ImportError:
@@ -63,151 +128,301 @@ def machine() -> dict:
     return {
         "platform": device.platform,
         "device": getattr(device, "device_kind", str(device)),
+        "devices": jax.device_count(),
         "cpu": cpu,
         "cores": os.cpu_count(),
         "versions": versions,
     }
 
 
-def run(args) -> dict:
+class Progress:
+    """One line per case, with a counter and the elapsed time, flushed as it goes."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        elapsed = time.perf_counter() - self.start
+        print(f"[{self.done:3d}/{self.total} {elapsed / 60:4.1f} min] {label}", end=" ", flush=True)
+
+
+def run(args, argv=None) -> dict:
     from benchmarks import cases
 
-    kernels = args.kernels or list(cases.KERNELS)
-    impls = list(cases.IMPLS)
-    sizes = {k: (args.rows, args.classes) for k in kernels}
-    sizes["gaussian_kl"] = (args.gaussian_batch, args.gaussian_dims)
-    results = []
-    total = len(kernels) * len(args.modes) * len(impls)
-    done = 0
-    for kernel in kernels:
-        inputs = cases.make_inputs(*sizes[kernel])
-        array_bytes = sizes[kernel][0] * sizes[kernel][1] * inputs.p[0].dtype.itemsize
+    platform_name = select_device(args.device)
+    entries = plan(args, platform_name)
+    info = machine()
+    print(f"jaxdiv benchmark on {info['platform']} ({info['device']}, {info['cpu']}, "
+          f"{info['cores']} cores): {len(entries)} kernel/size/dtype entries", flush=True)
+    copy_bw = cases.copy_bandwidth()
+    print(f"device-to-device copy: {copy_bw / 1e9:.1f} GB/s", flush=True)
+    progress = Progress(sum(len(args.modes) * len(cases.IMPLS) for _ in entries))
+    results, accuracy_done = [], set()
+    for kernel, shape, dtype in entries:
+        inputs = cases.make_inputs(kernel, shape, dtype)
         for mode in args.modes:
-            for impl in impls:
-                done += 1
-                print(f"[{done:2d}/{total}] {kernel:10s} {mode:8s} {impl:9s}", end=" ", flush=True)
-                calls = cases.callables(kernel, impl, mode, inputs)
-                if calls is None:
-                    print("n/a")
+            for impl in cases.IMPLS:
+                progress.step(f"{kernel:11s} {shape[0]}x{shape[1]} {dtype:8s} {mode:7s} {impl:9s}")
+                prepared = cases.prepare(kernel, impl, mode, inputs)
+                if prepared is None:
+                    print("n/a", flush=True)
                     continue
-                seconds = cases.median_time(calls, args.repeats)
-                row = {"kernel": kernel, "mode": mode, "impl": impl, "seconds": seconds,
-                       "shape": list(sizes[kernel]), "array_bytes": array_bytes,
-                       "temp_bytes": cases.temp_bytes(kernel, impl, mode, inputs)}
-                if mode == "fwd" and not args.no_accuracy:
-                    row["rel_err_ordinary"] = cases.relative_error(kernel, impl, "ordinary")
-                    row["rel_err_near"] = cases.relative_error(kernel, impl, "near")
+                timing = cases.measure(prepared, args.repeats, args.budget)
+                row = {
+                    "kernel": kernel, "shape": list(shape), "dtype": dtype, "mode": mode,
+                    "impl": impl, "seconds": timing.seconds, "calls": timing.calls,
+                    "array_bytes": inputs.array_bytes, "temp_bytes": prepared.temp_bytes,
+                    "peak_bytes": timing.peak_bytes,
+                    "minimal_bytes": cases.minimal_bytes(inputs, mode),
+                }
+                row["bandwidth"] = row["minimal_bytes"] / timing.seconds
+                row["copy_fraction"] = row["bandwidth"] / copy_bw
+                if mode == "fwd" and not args.no_accuracy and (kernel, dtype, impl) not in accuracy_done:
+                    accuracy_done.add((kernel, dtype, impl))
+                    row["rel_err_ordinary"] = cases.relative_error(kernel, impl, "ordinary", dtype)
+                    row["rel_err_near"] = cases.relative_error(kernel, impl, "near", dtype)
                 results.append(row)
-                print(f"{seconds * 1e3:9.1f} ms")
-    _add_ratios(results)
+                print(f"{timing.seconds * 1e3:10.2f} ms  ({timing.calls} calls)", flush=True)
+        del inputs
+    add_ratios(results)
     sweep = [] if args.no_accuracy else cases.kl_accuracy_sweep()
     return {
-        "kl_accuracy_sweep": sweep,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "config": {"rows": args.rows, "classes": args.classes,
-                   "gaussian": [args.gaussian_batch, args.gaussian_dims], "dtype": "float32",
-                   "repeats": args.repeats},
+        "command": " ".join(["python3 benchmarks/report.py", *(sys.argv[1:] if argv is None else argv)]),
+        "machine": info,
+        "copy_bandwidth": copy_bw,
+        "config": {"size": list(entries[0][1]) if entries else None, "dtypes": args.dtypes,
+                   "modes": args.modes, "min_calls": args.repeats, "budget_s": args.budget},
         "results": results,
+        "kl_accuracy_sweep": sweep,
     }
 
 
-def _add_ratios(results):
-    """time(baseline) / time(jaxdiv) per kernel and mode: > 1 means jaxdiv is faster."""
-    by_case = {(r["kernel"], r["mode"], r["impl"]): r for r in results}
+def _case_key(r) -> tuple:
+    return r["kernel"], tuple(r["shape"]), r["dtype"], r["mode"]
+
+
+def add_ratios(results) -> None:
+    """speedup = time(baseline) / time(jaxdiv) (> 1: jaxdiv is faster); vs_roofline = time / roofline."""
+    by_case = {(*_case_key(r), r["impl"]): r for r in results}
     for r in results:
-        ours = by_case.get((r["kernel"], r["mode"], "jaxdiv"))
+        ours = by_case.get((*_case_key(r), "jaxdiv"))
         if ours and r["impl"] != "jaxdiv":
-            r["jaxdiv_speedup"] = r["seconds"] / ours["seconds"]
-        roof = by_case.get((r["kernel"], r["mode"], "roofline"))
+            r["speedup"] = r["seconds"] / ours["seconds"]
+        roof = by_case.get((*_case_key(r), "roofline"))
         if roof and r["impl"] != "roofline":
             r["vs_roofline"] = r["seconds"] / roof["seconds"]
 
 
-def _options_overhead(results) -> dict:
-    """time(ce_options) / time(ce_labels) for jaxdiv, per mode."""
-    t = {(r["kernel"], r["mode"]): r["seconds"] for r in results if r["impl"] == "jaxdiv"}
-    return {mode: t[("ce_options", mode)] / t[("ce_labels", mode)]
-            for (kernel, mode) in t if kernel == "ce_options" and ("ce_labels", mode) in t}
+# ------------------------------------------------------------------ tables
 
 
 def _fmt(value, spec, missing="-"):
     return missing if value is None else format(value, spec)
 
 
+def _mib(n):
+    return "-" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def _ms(seconds):
+    return f"{seconds * 1e3:.3g} ms" if seconds < 0.1 else f"{seconds * 1e3:.0f} ms"
+
+
+def _index(report):
+    return {(*_case_key(r), r["impl"]): r for r in report["results"]}
+
+
+def main_entries(report) -> list[tuple]:
+    """(kernel, shape, dtype) of each kernel's first entry: its main size in the first dtype."""
+    seen, out = set(), []
+    for r in report["results"]:
+        if r["kernel"] not in seen:
+            seen.add(r["kernel"])
+            out.append((r["kernel"], tuple(r["shape"]), r["dtype"]))
+    return out
+
+
+def targets(report) -> list[str]:
+    """Where the issue's CPU targets stand in this run (KL at the main size)."""
+    idx = _index(report)
+    lines = []
+    kl = next(((k, s, d) for k, s, d in main_entries(report) if k == "kl"), None)
+    if kl:
+        fwd, both = idx.get((*kl, "fwd", "jaxdiv")), idx.get((*kl, "fwd+bwd", "jaxdiv"))
+        numpy = idx.get((*kl, "fwd", "numpy"))
+        shape = f"{kl[1][0]}x{kl[1][1]} {kl[2]}"
+        if fwd and numpy:
+            lines.append(f"KL forward vs naive NumPy ({shape}): {numpy['speedup']:.2f}x faster (target >= 8x)")
+        if fwd and "vs_roofline" in fwd:
+            lines.append(f"KL forward / roofline proxy: {fwd['vs_roofline']:.2f}x (target <= 2x)")
+        if both and "vs_roofline" in both:
+            lines.append(f"KL forward+backward / roofline proxy: {both['vs_roofline']:.2f}x (target <= 2.5x)")
+    ahead, behind = [], []
+    for kernel, shape, dtype in main_entries(report):
+        for mode in ("fwd", "fwd+bwd"):
+            for impl in ("optax", "jax", "scipy"):
+                r = idx.get((kernel, shape, dtype, mode, impl))
+                if r and "speedup" in r:
+                    text = f"{kernel} {mode} vs {impl} {r['speedup']:.2f}x"
+                    (ahead if r["speedup"] >= 1 else behind).append(text)
+    if ahead or behind:
+        lines.append("jaxdiv ahead of optax / hand-written JAX / SciPy: " + (", ".join(ahead) or "none"))
+        lines.append("jaxdiv behind: " + (", ".join(behind) or "none"))
+    return lines
+
+
+def summary_table(report) -> list[str]:
+    """One row per kernel and mode at the main size: jaxdiv against each baseline."""
+    from benchmarks import cases
+
+    idx = _index(report)
+    lines = [
+        "| kernel | shape | mode | jaxdiv | vs optax / JAX | vs PyTorch | vs NumPy | vs SciPy "
+        "| / roofline | bandwidth (of copy) | temp memory: jaxdiv / optax or JAX "
+        "| rel. err. nearly equal: jaxdiv / optax or JAX |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for kernel, shape, dtype in main_entries(report):
+        for mode in report["config"]["modes"]:
+            ours = idx.get((kernel, shape, dtype, mode, "jaxdiv"))
+            if not ours:
+                continue
+            jax_impl = "optax" if "optax" in cases.KERNELS[kernel].baselines else "jax"
+            base = idx.get((kernel, shape, dtype, mode, jax_impl))
+            fwd_ours = idx.get((kernel, shape, dtype, "fwd", "jaxdiv"), {})
+            fwd_base = idx.get((kernel, shape, dtype, "fwd", jax_impl), {})
+
+            def ratio(impl):
+                r = idx.get((kernel, shape, dtype, mode, impl))
+                return "-" if not r else f"{r['speedup']:.2f}x"
+
+            name = f"{kernel} ({jax_impl})" if jax_impl == "jax" else kernel
+            lines.append(
+                f"| {name} | {shape[0]}x{shape[1]} {dtype} | {mode} | {_ms(ours['seconds'])} "
+                f"| {ratio(jax_impl)} | {ratio('torch')} | {ratio('numpy')} | {ratio('scipy')} "
+                f"| {_fmt(ours.get('vs_roofline'), '.2f')}x "
+                f"| {ours['bandwidth'] / 1e9:.1f} GB/s ({100 * ours['copy_fraction']:.0f}%) "
+                f"| {_mib(ours['temp_bytes'])} / {_mib(base and base['temp_bytes'])} "
+                f"| {_fmt(fwd_ours.get('rel_err_near'), '.1e')} / {_fmt(fwd_base.get('rel_err_near'), '.1e')} |"
+            )
+    return lines
+
+
+def full_table(report) -> list[str]:
+    lines = [
+        "| kernel | shape | dtype | mode | impl | median | calls | jaxdiv speed-up | / roofline "
+        "| bandwidth (of copy) | temp memory | peak memory | rel. err. ordinary | rel. err. nearly equal |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    from benchmarks import cases
+
+    for r in report["results"]:
+        temp = r.get("temp_bytes")
+        temp_s = "-" if temp is None else f"{_mib(temp)} ({100 * temp / r['array_bytes']:.1f}%)"
+        lines.append(
+            f"| {r['kernel']} | {r['shape'][0]}x{r['shape'][1]} | {r['dtype']} | {r['mode']} "
+            f"| {cases.LABEL[r['impl']]} | {_ms(r['seconds'])} | {r['calls']} "
+            f"| {_fmt(r.get('speedup'), '.2f')}x | {_fmt(r.get('vs_roofline'), '.2f')}x "
+            f"| {r['bandwidth'] / 1e9:.1f} GB/s ({100 * r['copy_fraction']:.0f}%) | {temp_s} "
+            f"| {_mib(r.get('peak_bytes'))} | {_fmt(r.get('rel_err_ordinary'), '.1e')} "
+            f"| {_fmt(r.get('rel_err_near'), '.1e')} |"
+        )
+    return lines
+
+
+def accuracy_table(report) -> list[str]:
+    sweep = report.get("kl_accuracy_sweep")
+    if not sweep:
+        return []
+    impls = [k for k in ("jaxdiv", "optax", "torch", "numpy", "scipy") if k in sweep[0]]
+    from benchmarks import cases
+
+    lines = [
+        "KL accuracy as Q approaches P (q = p + eps * noise, 64 x 4096 float32; max relative "
+        "error against float64, and how many of the 64 values came out negative):",
+        "",
+        "| eps | median KL | " + " | ".join(cases.LABEL[k] for k in impls) + " |",
+        "|---:|---:|" + "---:|" * len(impls),
+    ]
+    for r in sweep:
+        cells = [
+            f"{r[k]:.1e}" + (f" ({r[k + '_negative']} < 0)" if r[k + "_negative"] else "")
+            for k in impls
+        ]
+        lines.append(f"| {r['eps']:.0e} | {r['kl']:.1e} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(report) -> str:
     from benchmarks import cases
 
-    cfg, m = report["config"], report["machine"]
+    m = report["machine"]
     lines = [
-        f"jaxdiv benchmark, {cfg['rows']} x {cfg['classes']} (Gaussian: {cfg['gaussian'][0]} x "
-        f"{cfg['gaussian'][1]}) {cfg['dtype']}, "
-        f"{m['platform']} ({m['cpu']}, {m['cores']} cores), median of {cfg['repeats']}, {report['date']}",
+        f"# jaxdiv benchmark, {report['date']}",
+        "",
+        f"`{report['command']}` on {m['platform']} ({m['device']}; {m['cpu']}, {m['cores']} cores); "
+        f"device-to-device copy {report['copy_bandwidth'] / 1e9:.1f} GB/s.",
         "versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
         "",
-        "| kernel | shape | mode | impl | median | jaxdiv speed-up | / roofline | temp memory "
-        "| rel. err. ordinary | rel. err. nearly equal |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in report["results"]:
-        temp = r.get("temp_bytes")
-        temp_s = "-" if temp is None else f"{temp / 2**20:.1f} MiB ({100 * temp / r['array_bytes']:.1f}%)"
-        impl = cases.BASELINE_NAME[r["kernel"]] if r["impl"] == "optax" else r["impl"]
-        lines.append(
-            f"| {r['kernel']} | {r['shape'][0]}x{r['shape'][1]} | {r['mode']} | {impl} | {r['seconds'] * 1e3:.1f} ms "
-            f"| {_fmt(r.get('jaxdiv_speedup'), '.2f')}x | {_fmt(r.get('vs_roofline'), '.2f')}x "
-            f"| {temp_s} | {_fmt(r.get('rel_err_ordinary'), '.1e')} | {_fmt(r.get('rel_err_near'), '.1e')} |"
-        )
-    overhead = _options_overhead(report["results"])
-    if overhead:
-        lines += ["", "Cross-entropy options (smoothing + z-loss + ignore index) over plain "
-                  "integer-label cross-entropy, jaxdiv: " + ", ".join(
-                      f"{mode} {ratio:.2f}x" for mode, ratio in overhead.items())]
-    if report.get("kl_accuracy_sweep"):
-        lines += [
-            "",
-            "KL accuracy as Q approaches P (q = p + eps * noise, 64 x 4096 float32; max relative "
-            "error against float64, and how many of the 64 values came out negative):",
-            "",
-            "| eps | median KL | jaxdiv | optax | naive NumPy |",
-            "|---:|---:|---:|---:|---:|",
-        ]
-        for r in report["kl_accuracy_sweep"]:
-            cells = [
-                f"{r[k]:.1e}" + (f" ({r[k + '_negative']} < 0)" if r[k + "_negative"] else "")
-                for k in ("jaxdiv", "optax", "numpy")
-            ]
-            lines.append(f"| {r['eps']:.0e} | {r['kl']:.1e} | " + " | ".join(cells) + " |")
-    lines += [
+        "## Targets",
         "",
-        "jaxdiv speed-up = baseline time / jaxdiv time (> 1: jaxdiv is faster). "
-        "/ roofline = time / the roofline proxy's time. temp memory = XLA's compiled "
-        "temporary buffers, and in brackets their share of one logits array. Relative errors "
-        "are float32 against float64 on the same inputs (64 x 4096); 'nearly equal' is "
-        "q = p + 1e-4 noise for KL, JS, TV and Hellinger, confident predictions (logit scale 20) for CE, and a "
-        "posterior within 1e-4 of the prior for the Gaussian KL, whose baseline is the "
-        "hand-written VAE formula -0.5*sum(1 + v - m^2 - e^v) (optax has none); JS, TV and "
-        "Hellinger are compared with the same formulas hand-written in JAX (JS's mixture "
-        "through logaddexp) and with SciPy's jensenshannon (float64, squared). ce_options is "
-        f"softmax_cross_entropy with label smoothing {cases.SMOOTHING}, z-loss {cases.Z_LOSS} and "
-        "every tenth label ignored, against optax's smoothed one-hot composition with a mask and "
-        f"a logsumexp; distill is the forward-KL distillation loss at temperature "
-        f"{cases.TEMPERATURE} (value and the student's gradient) against "
-        "optax.kl_divergence of the tempered softmaxes.",
+        *[f"- {line}" for line in targets(report)],
+        "",
+        "## Each kernel at its main size",
+        "",
+        *summary_table(report),
+        "",
+        "## Every case",
+        "",
+        *full_table(report),
+        "",
+        *accuracy_table(report),
+        "",
+        "## How to read this",
+        "",
+        "speed-up = baseline time / jaxdiv time (> 1: jaxdiv is faster), median of at least "
+        f"{report['config']['min_calls']} timed calls (more while they fit in "
+        f"{report['config']['budget_s']} s), after an untimed compile and warm-up, inputs rotated "
+        "between calls. fwd+bwd is the value and the gradients a training step takes (both "
+        "inputs for the divergences, the logits for the label losses, the student for "
+        "distillation, the model's logits for ce_soft). / roofline = time / the roofline "
+        "proxy's time: one jitted pass reading the inputs with the kernel's minimum number of "
+        "exp per element (and writing the gradient arrays). bandwidth = minimal bytes (inputs "
+        "read once, outputs or gradients written once) / time, and its share of a measured "
+        "device-to-device copy. temp memory = XLA's compiled temporary buffers (in brackets: "
+        "their share of one input array); peak memory = XLA's compiled peak (arguments, outputs "
+        "and temporaries live at once), for NumPy and SciPy the tracemalloc peak of one call. "
+        "Relative errors are against float64 on the same inputs (64 x 4096, rounded to the "
+        "dtype); 'nearly equal' is q = p + eps * noise (eps = 1e-4 in float32, 3e-2 in "
+        "bfloat16) for two distributions, confident predictions (logit scale 20) for labels, "
+        "entropy and BCE, a posterior within eps of the prior for the Gaussian KL and "
+        "log-probabilities within eps of the reference for the k3 penalty. NumPy and SciPy are "
+        "float32 inputs, forward only (SciPy computes in float64).",
+        "",
+        *[f"- **{name}**: {spec.note}" for name, spec in cases.KERNELS.items() if spec.note],
     ]
     return "\n".join(lines) + "\n"
 
 
+def console_summary(report) -> str:
+    return "\n".join(["", *targets(report), "", *summary_table(report)]) + "\n"
+
+
 def main(argv=None):
     args = parse_args(argv)
-    report = run(args)
+    report = run(args, argv)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
-    table = markdown(report)
-    (args.out / "results.md").write_text(table)
-    print()
-    print(table)
-    print(f"written: {args.out / 'results.json'}, {args.out / 'results.md'}")
+    (args.out / "results.md").write_text(markdown(report))
+    written = [args.out / "results.json", args.out / "results.md"]
+    if not args.no_plots:
+        from benchmarks import plots
+
+        written += plots.write_all(report, args.out)
+    print(console_summary(report))
+    print("written: " + ", ".join(str(p) for p in written))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """pytest-benchmark suite: ``.venv/bin/python -m pytest benchmarks --benchmark-enable``.
 
-Sizes come from ``JAXDIV_BENCH_ROWS`` / ``JAXDIV_BENCH_CLASSES`` (default
-4096 x 32000, float32). The report command (``benchmarks/report.py``) runs the
-same cases and adds ratios, memory and accuracy columns.
+Every kernel of ``cases.py``, forward and forward+backward, for jaxdiv and each
+baseline present (PyTorch when installed). Sizes come from
+``JAXDIV_BENCH_ROWS`` / ``JAXDIV_BENCH_CLASSES`` (default 4096 x 32000; the
+Gaussian KL uses 65536 x 256) and ``JAXDIV_BENCH_DTYPE`` (default float32). The
+report command (``benchmarks/report.py``) runs the same cases and adds ratios,
+bandwidth, memory and accuracy columns, tables and plots.
 """
 
 import os
@@ -13,27 +16,28 @@ from benchmarks import cases
 
 ROWS = int(os.environ.get("JAXDIV_BENCH_ROWS", 4096))
 CLASSES = int(os.environ.get("JAXDIV_BENCH_CLASSES", 32000))
+DTYPE = os.environ.get("JAXDIV_BENCH_DTYPE", "float32")
 
 
-@pytest.fixture(scope="module")
-def inputs():
-    return cases.make_inputs(ROWS, CLASSES)
+@pytest.fixture(scope="module", params=list(cases.KERNELS))
+def inputs(request):
+    shape = (65536, 256) if request.param == "gaussian_kl" else (ROWS, CLASSES)
+    return cases.make_inputs(request.param, shape, DTYPE)
 
 
-@pytest.mark.parametrize("impl", ["jaxdiv", "optax", "numpy", "roofline"])
+@pytest.mark.parametrize("impl", cases.IMPLS)
 @pytest.mark.parametrize("mode", cases.MODES)
-@pytest.mark.parametrize("kernel", cases.KERNELS)
-def test_case(benchmark, inputs, kernel, mode, impl):
-    calls = cases.callables(kernel, impl, mode, inputs)
-    if calls is None:
-        pytest.skip(f"{impl} has no {mode} for {kernel}")
-    for call in calls:  # compile outside the timed region
+def test_case(benchmark, inputs, mode, impl):
+    prepared = cases.prepare(inputs.kernel, impl, mode, inputs)
+    if prepared is None:
+        pytest.skip(f"no {impl} {mode} for {inputs.kernel} in {DTYPE}")
+    for call in prepared.calls:  # compile and warm up outside the timed region
         call()
     state = {"i": 0}
 
     def rotated():
         state["i"] += 1
-        return calls[state["i"] % len(calls)]()
+        return prepared.calls[state["i"] % len(prepared.calls)]()
 
-    benchmark.group = f"{kernel} {mode}"
+    benchmark.group = f"{inputs.kernel} {mode} {inputs.shape[0]}x{inputs.shape[1]} {DTYPE}"
     benchmark(rotated)
