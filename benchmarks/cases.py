@@ -415,22 +415,25 @@ def measure(prepared: Prepared, min_calls: int = 3, budget: float = 1.5,
     if prepared.cuda:
         import torch
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    prepared.calls[-1]()
-    estimate = time.perf_counter() - start
+    prepared.calls[-1]()   # compiled already; first touches of memory, caches, thread pools
     if prepared.host:
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     if prepared.cuda:
         peak = torch.cuda.max_memory_allocated()
-    floor = min(min_calls, 2) if estimate > budget else min_calls
-    n = max(floor, min(max_calls, int(budget / max(estimate, 1e-9))))
-    times = []
     calls = prepared.calls
-    for i in range(n):
+    times = []
+
+    def timed(i):
         start = time.perf_counter()
         calls[i % len(calls)]()
         times.append(time.perf_counter() - start)
+
+    timed(0)   # the first timed call also sizes the run
+    floor = min(min_calls, 2) if times[0] > budget else min_calls
+    n = max(floor, min(max_calls, int(budget / max(times[0], 1e-9))))
+    for i in range(1, n):
+        timed(i)
     return Timing(statistics.median(times), n, peak if peak is not None else prepared.peak_bytes)
 
 

@@ -91,7 +91,7 @@ def select_device(device: str) -> str:
     import jax
 
     if device != "auto":
-        jax.config.update("jax_platforms", {"gpu": "cuda,rocm"}.get(device, device))
+        jax.config.update("jax_platforms", {"gpu": "cuda"}.get(device, device))
     return jax.default_backend()
 
 
