@@ -87,6 +87,7 @@ def _safe_sqrt_jvp(primals, tangents):
     return y, dx * jnp.where(positive, 0.5 / jnp.where(positive, y, 1.0), 0.0)
 
 
+@jax.custom_jvp
 def expm1mx(x: jax.Array) -> jax.Array:
     r""":math:`\varphi(x) = e^x - 1 - x`, with full relative accuracy near 0.
 
@@ -100,6 +101,15 @@ def expm1mx(x: jax.Array) -> jax.Array:
     x_direct = jnp.where(small | infinite, jnp.ones_like(x), x)
     direct = jnp.where(infinite, jnp.inf, jnp.expm1(x_direct) - x_direct)
     return jnp.maximum(jnp.where(small, series, direct), 0)
+
+
+# Closed form phi'(x) = expm1(x) (0 at +inf, where phi stays +inf): autodiff through
+# the series/direct selects keeps both branches' intermediates alive, 8x the memory.
+@expm1mx.defjvp
+def _expm1mx_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    slope = jnp.where(x == jnp.inf, jnp.zeros_like(x), jnp.expm1(x))
+    return expm1mx(x), slope * dx
 
 
 def expm1mx_finite(x: jax.Array) -> jax.Array:
