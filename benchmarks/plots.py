@@ -27,6 +27,14 @@ def _bars(ax, positions, values, height, impl) -> None:
                 label=cases.LABEL[impl])
 
 
+def _save(plt, fig, title: str, path: Path) -> Path:
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _title(report) -> str:
     m = report["machine"]
     return f"{m['platform']} ({m['device']}, {m['cores']} cores), {report['date'][:10]}"
@@ -62,11 +70,7 @@ def time_vs_classes(report, path: Path) -> Path | None:
             ax.set_title(f"{kernel} {mode} ({first_dtype})")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-    fig.suptitle("Time per element vs size (lower is better) - " + _title(report))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, "Time per element vs size (lower is better) - " + _title(report), path)
 
 
 def speedups(report, path: Path) -> Path | None:
@@ -100,11 +104,7 @@ def speedups(report, path: Path) -> Path | None:
         ax.set_title(mode)
         ax.grid(axis="x", alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle("jaxdiv speed-up at each kernel's main size - " + _title(report))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, "jaxdiv speed-up at each kernel's main size - " + _title(report), path)
 
 
 def accuracy(report, path: Path) -> Path | None:
@@ -149,11 +149,7 @@ def accuracy(report, path: Path) -> Path | None:
     right.set_title("every kernel, float32")
     right.grid(axis="x", alpha=0.3)
     right.legend(fontsize=7, loc="lower right")
-    fig.suptitle("Accuracy against float64 - " + _title(report))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, "Accuracy against float64 - " + _title(report), path)
 
 
 def write_all(report, out: Path) -> list[Path]:
