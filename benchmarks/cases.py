@@ -52,7 +52,6 @@ class Kernel:
     grad_argnums: tuple        # the gradients a training step takes
     exps: int                  # the minimum number of exp per element (roofline)
     elementwise: bool = False  # one value per element rather than per row
-    torch: Optional[str] = None  # the function's name in torch_baselines
     note: str = ""
 
 
@@ -79,6 +78,7 @@ def _kl_penalty(log_probs, ref_log_probs):
     return jaxdiv.losses.kl_penalty(log_probs, ref_log_probs, estimator="k3", reduction="none")
 
 
+@functools.cache
 def _references():
     from tests import reference as r
 
@@ -114,8 +114,7 @@ def _reference(name):
 
 
 def _kernel(name, jaxdiv_fn, baselines, inputs, grad_argnums, exps, **kw):
-    return Kernel(name, jaxdiv_fn, baselines, inputs, _reference(name), grad_argnums, exps,
-                  torch=name, **kw)
+    return Kernel(name, jaxdiv_fn, baselines, inputs, _reference(name), grad_argnums, exps, **kw)
 
 
 KERNELS: dict[str, Kernel] = {k.name: k for k in (
@@ -341,7 +340,7 @@ def _torch_calls(kernel: str, mode: str, inputs: Inputs) -> Prepared:
 
     from benchmarks import torch_baselines
 
-    f = getattr(torch_baselines, KERNELS[kernel].torch)
+    f = getattr(torch_baselines, kernel)   # PyTorch's version has the kernel's name
     device = _torch_device()
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     calls = []
@@ -514,7 +513,7 @@ def evaluate(kernel: str, impl: str, args: tuple, dtype: str = "float32") -> np.
 
         from benchmarks import torch_baselines
 
-        f = getattr(torch_baselines, spec.torch)
+        f = getattr(torch_baselines, kernel)
         tensors = [
             torch.from_numpy(np.asarray(a, np.int64)) if np.issubdtype(a.dtype, np.integer)
             else torch.from_numpy(np.array(a)).to(getattr(torch, dtype))
