@@ -205,8 +205,11 @@ def _generate(kind: str, key, shape, dtype):
     return normal(k1), normal(k2)   # "pair", "gaussian"
 
 
-# One input set per copy; small inputs get more copies so the rotation leaves the cache.
+# One input set per copy; small inputs get more copies so the rotation leaves the
+# cache, and inputs of over 1 GiB get one (no cache holds them; an accelerator's
+# memory is better spent on the baselines' temporaries).
 _ROTATION_BYTES = 64 << 20
+_SINGLE_COPY_BYTES = 1 << 30
 
 
 @dataclasses.dataclass
@@ -246,13 +249,19 @@ class Inputs:
         return self._host[("torch", i)]
 
 
+def rotation_copies(bytes_per_copy: int) -> int:
+    """How many input copies the timed calls rotate through."""
+    if bytes_per_copy > _SINGLE_COPY_BYTES:
+        return 1
+    return min(16, max(2, -(-_ROTATION_BYTES // bytes_per_copy)))
+
+
 def make_inputs(kernel: str, shape, dtype: str = "float32", copies: Optional[int] = None,
                 seed: int = 0) -> Inputs:
     shape = tuple(shape)
     kind = KERNELS[kernel].inputs
     if copies is None:
-        per_copy = math.prod(shape) * jnp.dtype(dtype).itemsize * (1 if kind == "single" else 2)
-        copies = min(16, max(2, -(-_ROTATION_BYTES // per_copy)))
+        copies = rotation_copies(math.prod(shape) * jnp.dtype(dtype).itemsize * (1 if kind == "single" else 2))
     keys = jax.random.split(jax.random.key(seed), copies)
     args = [_generate(kind, keys[i], shape, jnp.dtype(dtype)) for i in range(copies)]
     return Inputs(kernel, shape, dtype, args)
@@ -399,6 +408,12 @@ class Timing:
     seconds: float   # median
     calls: int       # timed calls
     peak_bytes: Optional[int] = None
+
+
+def out_of_memory(error: Exception) -> bool:
+    """Whether ``error`` is an allocation failure (XLA's RESOURCE_EXHAUSTED, CUDA's OOM)."""
+    text = str(error)
+    return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
 
 
 def measure(prepared: Prepared, min_calls: int = 3, budget: float = 1.5,

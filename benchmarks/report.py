@@ -170,17 +170,26 @@ def run(args, argv=None) -> dict:
     print(f"device-to-device copy: {copy_bw / 1e9:.1f} GB/s", flush=True)
     impls = [impl for impl in cases.IMPLS if impl not in args.skip]
     progress = Progress(len(entries) * len(args.modes) * len(impls))
-    results, accuracy = [], {}
+    results, accuracy, skipped = [], {}, []
     for kernel, shape, dtype in entries:
         inputs = cases.make_inputs(kernel, shape, dtype)
         for mode in args.modes:
             for impl in impls:
                 progress.step(f"{kernel:11s} {shape[0]}x{shape[1]} {dtype:8s} {mode:7s} {impl:9s}")
-                prepared = cases.prepare(kernel, impl, mode, inputs)
+                try:
+                    prepared = cases.prepare(kernel, impl, mode, inputs)
+                    timing = prepared and cases.measure(prepared, args.repeats, args.budget)
+                except Exception as error:
+                    if not cases.out_of_memory(error):
+                        raise
+                    # One case too large for the device does not end the run.
+                    skipped.append({"kernel": kernel, "shape": list(shape), "dtype": dtype,
+                                    "mode": mode, "impl": impl, "reason": "out of memory"})
+                    print("out of memory", flush=True)
+                    continue
                 if prepared is None:
                     print("n/a", flush=True)
                     continue
-                timing = cases.measure(prepared, args.repeats, args.budget)
                 row = {
                     "kernel": kernel, "shape": list(shape), "dtype": dtype, "mode": mode,
                     "impl": impl, "seconds": timing.seconds, "calls": timing.calls,
@@ -211,6 +220,7 @@ def run(args, argv=None) -> dict:
         "config": {"size": list(entries[0][1]) if entries else None, "dtypes": args.dtypes,
                    "modes": args.modes, "min_calls": args.repeats, "budget_s": args.budget},
         "results": results,
+        "skipped": skipped,
         "kl_accuracy_sweep": sweep,
     }
 
@@ -398,6 +408,9 @@ def markdown(report) -> str:
         *full_table(report),
         "",
         *accuracy_table(report),
+        "",
+        *[f"- not measured: {c['kernel']} {c['shape'][0]}x{c['shape'][1]} {c['dtype']} {c['mode']} "
+          f"{cases.LABEL[c['impl']]} ({c['reason']})" for c in report.get("skipped", [])],
         "",
         "## How to read this",
         "",

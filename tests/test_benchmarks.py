@@ -124,6 +124,35 @@ def test_report_writes_json_markdown_and_plots(tmp_path, capsys):
     assert "[  1/" in out and "KL forward / roofline proxy" in out
 
 
+def test_a_case_out_of_memory_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+    measure = cases.measure
+
+    def failing(prepared, *args):
+        if prepared.host:   # stands in for an allocation failure on an accelerator
+            raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate")
+        return measure(prepared, *args)
+
+    monkeypatch.setattr(cases, "measure", failing)
+    report.main(["--quick", "--kernels", "tv", "--size", "4x8", "--repeats", "1", "--budget", "0",
+                 "--no-accuracy", "--no-plots", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert {r["impl"] for r in data["results"]} == {"jaxdiv", "jax", "roofline"} | (
+        {"torch"} if cases.torch_available() else set())
+    assert [c["impl"] for c in data["skipped"]] == ["numpy"]
+    assert "not measured: tv 4x8 float32 fwd naive NumPy (out of memory)" in (tmp_path / "results.md").read_text()
+    monkeypatch.setattr(cases, "measure", lambda *a: (_ for _ in ()).throw(ValueError("a bug")))
+    with pytest.raises(ValueError):
+        report.main(["--quick", "--kernels", "tv", "--size", "4x8", "--no-accuracy", "--no-plots",
+                     "--out", str(tmp_path)])
+
+
+def test_rotation_copies_leave_the_cache_and_spare_huge_inputs():
+    assert cases.rotation_copies(1 << 20) == 16
+    assert cases.rotation_copies(48 << 20) == 2 and cases.rotation_copies(1 << 30) == 2
+    assert cases.rotation_copies((1 << 30) + 1) == 1
+    assert len(cases.make_inputs("ce_labels", SHAPE).args) == 16
+
+
 def test_accuracy_sweep_shows_the_textbook_failure():
     sweep = {row["eps"]: row for row in cases.kl_accuracy_sweep(rows=8, classes=256)}
     assert sweep[1e-6]["jaxdiv"] < 1e-5
