@@ -84,14 +84,18 @@ def textbook_kl_float32(p_logits, q_logits) -> np.ndarray:
     return np.sum(np.exp(lp) * (lp - lq), -1)
 
 
-def gaussian_kl(mp, vp, mq, vq):
-    """float64 closed form; phi via expm1 with a series near 0."""
-    mp, vp, mq, vq = (np.asarray(a, np.float64) for a in (mp, vp, mq, vq))
-    d = vp - vq
+def expm1mx(d) -> np.ndarray:
+    """phi(d) = e^d - 1 - d in float64: expm1 away from 0, its series near 0."""
+    d = np.asarray(d, np.float64)
     small = np.abs(d) < 1e-3
     ds = np.where(small, d, 0.0)
-    phi = np.where(small, ds**2 / 2 + ds**3 / 6 + ds**4 / 24, np.expm1(d) - d)
-    return 0.5 * np.sum(phi + (mp - mq) ** 2 * np.exp(-vq), axis=-1)
+    return np.where(small, ds**2 / 2 + ds**3 / 6 + ds**4 / 24, np.expm1(d) - d)
+
+
+def gaussian_kl(mp, vp, mq, vq):
+    """float64 closed form, phi through :func:`expm1mx`."""
+    mp, vp, mq, vq = (np.asarray(a, np.float64) for a in (mp, vp, mq, vq))
+    return 0.5 * np.sum(expm1mx(vp - vq) + (mp - mq) ** 2 * np.exp(-vq), axis=-1)
 
 
 # ------------------------------------------------------------ the KL family
