@@ -444,6 +444,20 @@ def test_k3_near_equality_and_edge_values():
     np.testing.assert_array_equal(g_ref, 0.0)
 
 
+def test_k3_derivative_where_the_policy_has_no_mass():
+    # r = ref - lp = +inf: k3 is +inf and stays so under any finite change of lp,
+    # so the closed-form slope expm1(r) is replaced by 0 in both modes, not inf * 0.
+    lp = jnp.float32([-jnp.inf, -1.0])
+    rp = jnp.float32([-2.0, -1.5])
+    value = losses.kl_penalty(lp, rp, reduction="none")
+    assert value[0] == np.inf
+    rev = jax.grad(lambda a: losses.kl_penalty(a, rp, reduction="none")[0])(lp)
+    _, fwd = jax.jvp(lambda a: losses.kl_penalty(a, rp, reduction="none"), (lp,), (jnp.ones(2),))
+    np.testing.assert_array_equal(rev, [0.0, 0.0])
+    assert fwd[0] == 0.0
+    np.testing.assert_allclose(fwd[1], -np.expm1(-0.5), rtol=1e-6)
+
+
 def test_kl_penalty_mask_and_errors(rng):
     lp = np.log(rng.uniform(0.1, 1, (2, 5))).astype(np.float32)
     rp = np.log(rng.uniform(0.1, 1, (2, 5))).astype(np.float32)
