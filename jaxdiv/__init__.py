@@ -1,6 +1,6 @@
 """jaxdiv: exact, log-space divergences for JAX, with defined values and gradients at zero probability."""
 
-from jaxdiv import gaussian, losses, probs
+from jaxdiv import fused, gaussian, losses, probs
 from jaxdiv.categorical import (
     bernoulli_kl_divergence,
     cross_entropy,
@@ -28,6 +28,7 @@ __all__ = [
     "cross_entropy_with_integer_labels",
     "entropy",
     "f_divergence",
+    "fused",
     "gaussian",
     "hellinger_distance",
     "jeffreys_divergence",

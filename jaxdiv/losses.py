@@ -262,9 +262,27 @@ def softmax_cross_entropy(
         x, target, valid=valid, weights=weights, softcap=cap, smoothing=smoothing
     )
 
-    counts = _counts(valid, batch, x.dtype)
-    label_weight = counts if (weights is None or not integer) else weights[target] * counts
-    eps = jnp.asarray(label_smoothing, x.dtype)
+    return _cross_entropy_from_stats(
+        stats, valid, batch, x.dtype,
+        label_weight=None if (weights is None or not integer) else weights[target],
+        label_smoothing=label_smoothing, smoothing=smoothing, z_loss=z_loss,
+        reduction=reduction, return_aux=return_aux, integer=integer,
+    )
+
+
+def _cross_entropy_from_stats(
+    stats, valid, batch, dtype, *, label_weight, label_smoothing, smoothing, z_loss,
+    reduction, return_aux, integer=True,
+):
+    """The loss of :func:`softmax_cross_entropy` from its per-row :class:`~jaxdiv._labels.LabelStats`.
+
+    Shared with :func:`jaxdiv.fused.linear_cross_entropy`, whose kernel produces
+    the same statistics without materialising the logits, so that both losses
+    have one definition of every option.
+    """
+    counts = _counts(valid, batch, dtype)
+    label_weight = counts if label_weight is None else label_weight * counts
+    eps = jnp.asarray(label_smoothing, dtype)
     coef = (1.0 - eps) * (label_weight if integer else counts)
     # coef = 0 (eps = 1, a zero class weight, a masked row) switches the term
     # off even where -log Q_y is +inf.
