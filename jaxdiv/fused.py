@@ -28,8 +28,8 @@ formed (the mixture of the Jensen-Shannon divergence is not separable), so it
 takes two passes: the first merges the online normalisers of the student and
 the teacher; the second forms, chunk by chunk, :math:`\log P`,
 :math:`\log Q` and :math:`\ell = \log P - \log Q` (the difference of the raw
-logits first, exact for nearby values) and sums the per-class terms of
-:mod:`jaxdiv`'s Jensen-Shannon kernel. KL is summed in the form
+logits first, exact for nearby values) and sums per-class terms. KL is summed
+in the form
 
 .. math::
   KL(P \| Q) = \sum_{P > 0} P\,\varphi(-\ell) - \psi(u) - \mathrm{log1p}(-Q_{\rm off}),
@@ -37,9 +37,13 @@ logits first, exact for nearby values) and sums the per-class terms of
 
 with :math:`\varphi(x) = e^x - 1 - x`, :math:`\psi(s) = s - \log(1 + s)` and
 :math:`Q_{\rm off}` the mass of Q where P is 0. It is exact for any error
-in the normalisers' difference (the rounding of two log-sum-exps is
-absorbed by :math:`\psi(u)`), so nearly identical distributions, late in
-distillation, keep full relative accuracy.
+in the normalisers' difference (the rounding of two log-sum-exps, about
+:math:`10^{-7} \log V` in float32, is absorbed by :math:`\psi(u)`), so nearly
+identical distributions, late in distillation, keep full relative accuracy.
+The Jensen-Shannon terms of :func:`jaxdiv.js_divergence` are quadratic in
+that error, so the generalised JSD takes a middle pass that measures it,
+:math:`\log(1 + u + Q_{\rm off}) = \log \sum Q - \log \sum P` as
+computed, and removes it from :math:`\ell` before the terms are summed.
 
 **Gradients.** A custom VJP keeps only per-row statistics (the
 log-normalisers, for distillation also the value and two row sums) between
@@ -52,7 +56,8 @@ derivatives :math:`a`), and contracts it at once:
 (each written once, never accumulated across chunks). Memory is
 :math:`O(N \cdot \text{chunk} + D \cdot V)`; time is one more logit product
 than the materialising version for cross-entropy (four instead of three),
-two more for distillation.
+two more for KL distillation and three more for JSD (each pass recomputes
+the student's logits; a teacher given as a linear head is recomputed too).
 
 bfloat16 / float16 hidden states and weights go into the products as they
 are, with float32 accumulation (``preferred_element_type``); the normaliser,
@@ -598,15 +603,33 @@ def _finalise(norm: _Normaliser) -> tuple[Array, Array]:
     return finite_or_zero(norm.max), jnp.log1p(norm.rest)
 
 
-def _pair(x: Array, y: Array, n: _Normalisers) -> Pair:
-    """:class:`Pair` of one chunk: log P, log Q and their difference, raw logits first."""
+def _pair(x: Array, y: Array, n: _Normalisers, correction) -> Pair:
+    """:class:`Pair` of one chunk: log P, log Q and their difference, raw logits first.
+
+    ``correction`` (per row) is added to the log ratio: the rounding of the two
+    normalisers, measured by :func:`_mass_sums` (0 where it is not needed).
+    """
     log_p = (x - n.shift_p[:, None]) - finite_or_zero(n.log_sum_p)[:, None]
     log_q = (y - n.shift_q[:, None]) - finite_or_zero(n.log_sum_q)[:, None]
     p, q = jnp.exp(log_p), jnp.exp(log_q)
     both = (p > 0) & (q > 0)
-    offset = (n.shift_p - n.shift_q) + (finite_or_zero(n.log_sum_p) - finite_or_zero(n.log_sum_q))
+    offset = (n.shift_p - n.shift_q) + (finite_or_zero(n.log_sum_p) - finite_or_zero(n.log_sum_q)) - correction
     diff = jnp.where(both, x, 0.0) - jnp.where(both, y, 0.0)
-    return Pair(p, q, log_p, log_q, _log_ratio_field(p, q, diff - offset[:, None]))
+    return Pair(p, q, log_p, log_q, _log_ratio_field(p, q, diff - jnp.asarray(offset)[..., None]))
+
+
+def _mass_sums(t: Pair) -> tuple[Array, Array]:
+    """``u = sum_{P>0} P expm1(-l)`` and Q's mass where P = 0, per row.
+
+    Their sum is ``sum Q - sum P`` as computed, without cancellation (each
+    term of ``u`` is as small as the log ratio): ``log1p(u + Q_off)`` is the
+    error of the normalisers' difference in the log ratio.
+    """
+    on, both = t.p > 0, (t.p > 0) & (t.q > 0)
+    ell = jnp.where(both, t.log_ratio, 0.0)
+    # Q = 0 < P adds P expm1(-inf) = -P.
+    u = jnp.where(both, t.p * jnp.expm1(-ell), jnp.where(on, -t.p, 0.0))
+    return row_sum(u), row_sum(jnp.where(on, 0.0, t.q))
 
 
 class _TermSums(NamedTuple):
@@ -626,9 +649,7 @@ def _term_sums(cfg: _Config, t: Pair) -> _TermSums:
     on, both = t.p > 0, (t.p > 0) & (t.q > 0)
     ell = jnp.where(both, t.log_ratio, 0.0)
     phi = jnp.where(on, jnp.where(both, t.p * expm1mx(-ell), jnp.inf), 0.0)
-    # Q = 0 < P adds P expm1(-inf) = -P.
-    u = jnp.where(both, t.p * jnp.expm1(-ell), jnp.where(on, -t.p, 0.0))
-    return _TermSums(row_sum(phi), row_sum(u), row_sum(jnp.where(on, 0.0, t.q)), a, b)
+    return _TermSums(row_sum(phi), *_mass_sums(t), a, b)
 
 
 def _divergence_pass(cfg: _Config, hidden, weight, bias, teacher, valid):
@@ -646,11 +667,24 @@ def _divergence_pass(cfg: _Config, hidden, weight, bias, teacher, valid):
     )
     norms = _Normalisers(shift_p, log_sum_p, shift_q, log_sum_q)
 
-    def accumulate(sums, start, size):
+    def pairs(start, size, correction):
         x, y = _oriented(cfg, *_side_logits(cfg, hidden, weight, bias, teacher, valid, start, size))
-        return jax.tree.map(jnp.add, sums, _term_sums(cfg, _pair(x, y, norms)))
+        return _pair(x, y, norms, correction)
 
     zeros = jnp.zeros((rows,), dtype)
+    correction = zeros
+    if cfg.kind == "jsd":
+        # The JSD terms are quadratic in an error of the log ratio (KL's sum
+        # absorbs it, see the module docstring): one more pass measures it.
+        def mass(sums, start, size):
+            return jax.tree.map(jnp.add, sums, _mass_sums(pairs(start, size, 0.0)))
+
+        u, q_off = _over_chunks(mass, (zeros, zeros), vocab, cfg.chunk)
+        correction = jnp.where(jnp.isfinite(u + q_off), jnp.log1p(jnp.maximum(u + q_off, -0.5)), 0.0)
+
+    def accumulate(sums, start, size):
+        return jax.tree.map(jnp.add, sums, _term_sums(cfg, pairs(start, size, correction)))
+
     sums = _over_chunks(accumulate, _TermSums(*(zeros,) * 5), vocab, cfg.chunk)
 
     terms, params = _terms_of(cfg)
@@ -668,7 +702,7 @@ def _divergence_pass(cfg: _Config, hidden, weight, bias, teacher, valid):
     live = jnp.isfinite(value) & mass
     if valid is not None:
         value, live = jnp.where(valid, value, 0.0), live & valid
-    return value, (norms, sums.sum_a, sums.sum_b, live)
+    return value, (norms, correction, sums.sum_a, sums.sum_b, live)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -684,13 +718,13 @@ def _linear_divergence_fwd(cfg, hidden, weight, bias, teacher, valid):
 # dD/dx_j = a_j - P_j sum(a) (and likewise for Q), the closed form of the
 # categorical kernels, formed chunk by chunk from the saved row statistics.
 def _linear_divergence_bwd(cfg, residuals, cotangent):
-    hidden, weight, bias, teacher, valid, (norms, sum_a, sum_b, live) = residuals
+    hidden, weight, bias, teacher, valid, (norms, correction, sum_a, sum_b, live) = residuals
     terms, params = _terms_of(cfg)
     scale = jnp.where(live, cotangent, 0.0) * cfg.inverse_temperature
 
     def step(grads, start, size):
         student, teacher_x = _side_logits(cfg, hidden, weight, bias, teacher, valid, start, size)
-        t = _pair(*_oriented(cfg, student, teacher_x), norms)
+        t = _pair(*_oriented(cfg, student, teacher_x), norms, correction)
         if _student_is_p(cfg):
             coef = terms.d_log_p(t, params) - t.p * sum_a[:, None]
         else:
