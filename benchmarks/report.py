@@ -38,6 +38,16 @@ DEFAULTS = {
               "gaussian": (1024, 64), "gaussian_sweep": [(256, 16)]},
 }
 DEFAULTS["tpu"] = DEFAULTS["gpu"]
+# N tokens x D hidden x V classes of the fused linear heads, and their dtype.
+# The issue's CPU targets are at 8192 x 1024 x 128256 (about 30 s per training
+# step on 2 cores, so not in the default run: pass --linear-sizes).
+LINEAR_TARGET = (8192, 1024, 128256)
+LINEAR_DEFAULTS = {
+    "cpu": ([(2048, 1024, 32000)], "float32"),
+    "gpu": ([(16384, 4096, 151936), (8192, 1024, 128256)], "bfloat16"),
+    "quick": ([(64, 32, 1000)], "float32"),
+}
+LINEAR_DEFAULTS["tpu"] = LINEAR_DEFAULTS["gpu"]
 
 
 def _size(text: str) -> tuple:
@@ -48,12 +58,21 @@ def _size(text: str) -> tuple:
     return rows, classes
 
 
+def _linear_size(text: str) -> tuple:
+    try:
+        n, d, v = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected TOKENSxHIDDENxVOCAB such as 8192x1024x128256, got {text!r}")
+    return n, d, v
+
+
 def parse_args(argv=None):
-    from benchmarks import cases
+    from benchmarks import cases, linear_heads
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kernels", nargs="+", default=None, choices=list(cases.KERNELS),
-                        metavar="KERNEL", help="subset of: " + " ".join(cases.KERNELS))
+    parser.add_argument("--kernels", nargs="*", default=None, choices=list(cases.KERNELS),
+                        metavar="KERNEL", help="subset of: " + " ".join(cases.KERNELS)
+                        + " (none: only the fused linear heads)")
     parser.add_argument("--size", type=_size, default=None,
                         help="rows x classes of every categorical kernel (default on CPU 1024x32000, "
                              "on GPU 4096x32000)")
@@ -69,7 +88,17 @@ def parse_args(argv=None):
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
                         choices=["float32", "bfloat16", "float16"],
                         help="every kernel runs in the first; the sweep kernels also in the others")
-    parser.add_argument("--skip", nargs="*", default=[], choices=list(cases.IMPLS), metavar="IMPL",
+    parser.add_argument("--linear-sizes", type=_linear_size, nargs="*", default=None,
+                        help="N x D x V of the fused linear heads (default on CPU 2048x1024x32000; "
+                             "on GPU 16384x4096x151936 8192x1024x128256); none to leave them out")
+    parser.add_argument("--linear-kernels", nargs="*", default=list(linear_heads.LINEAR_KERNELS),
+                        choices=list(linear_heads.LINEAR_KERNELS), metavar="KERNEL",
+                        help="subset of: " + " ".join(linear_heads.LINEAR_KERNELS))
+    parser.add_argument("--linear-dtypes", nargs="+", default=None,
+                        choices=["float32", "bfloat16", "float16"],
+                        help="dtypes of the linear heads (default float32 on CPU, bfloat16 on GPU)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=list(cases.IMPLS) + ["materialised"],
+                        metavar="IMPL",
                         help="implementations to leave out, e.g. --skip scipy torch")
     parser.add_argument("--modes", nargs="+", default=list(cases.MODES), choices=list(cases.MODES))
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "tpu"])
@@ -105,7 +134,7 @@ def plan(args, platform_name: str) -> list[tuple]:
     gaussian = args.gaussian_size or defaults["gaussian"]
     gaussian_sweep = defaults["gaussian_sweep"] if args.gaussian_sweep is None else args.gaussian_sweep
     entries = []
-    for kernel in args.kernels or list(cases.KERNELS):
+    for kernel in list(cases.KERNELS) if args.kernels is None else args.kernels:
         main, more = (gaussian, gaussian_sweep) if kernel == "gaussian_kl" else (size, sweep)
         entries.append((kernel, tuple(main), args.dtypes[0]))
         if kernel in args.sweep_kernels:
@@ -163,6 +192,7 @@ def run(args, argv=None) -> dict:
     except RuntimeError as error:
         raise SystemExit(f"--device {args.device}: JAX cannot use it here ({error})")
     entries = plan(args, platform_name)
+    linear_entries = linear_plan(args, platform_name)
     info = machine()
     print(f"jaxdiv benchmark on {info['platform']} ({info['device']}, {info['cpu']}, "
           f"{info['cores']} cores): {len(entries)} kernel/size/dtype entries", flush=True)
@@ -211,6 +241,7 @@ def run(args, argv=None) -> dict:
                 print(f"{timing.seconds * 1e3:10.2f} ms  ({timing.calls} calls)", flush=True)
         del inputs
     add_ratios(results)
+    linear = run_linear(args, linear_entries, skipped)
     sweep = [] if args.no_accuracy else cases.kl_accuracy_sweep()
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -220,9 +251,63 @@ def run(args, argv=None) -> dict:
         "config": {"size": list(entries[0][1]) if entries else None, "dtypes": args.dtypes,
                    "modes": args.modes, "min_calls": args.repeats, "budget_s": args.budget},
         "results": results,
+        "linear": linear,
         "skipped": skipped,
         "kl_accuracy_sweep": sweep,
     }
+
+
+def linear_plan(args, platform_name: str) -> list[tuple]:
+    """The (kernel, (N, D, V), dtype) entries of the fused linear heads."""
+    sizes, dtype = LINEAR_DEFAULTS["quick" if args.quick else platform_name]
+    sizes = sizes if args.linear_sizes is None else args.linear_sizes
+    dtypes = args.linear_dtypes or [dtype]
+    return [(k, tuple(s), d) for s in sizes for d in dtypes for k in args.linear_kernels]
+
+
+def run_linear(args, entries, skipped) -> list[dict]:
+    """Loss + gradients of each fused linear head against materialising its logits."""
+    from benchmarks import cases, linear_heads
+
+    impls = [i for i in linear_heads.LINEAR_IMPLS if i not in args.skip]
+    progress = Progress(len(entries) * len(impls))
+    rows, accuracy = [], {}
+    for kernel, shape, dtype in entries:
+        inputs = linear_heads.make_linear_inputs(kernel, shape, dtype)
+        for impl in impls:
+            label = f"{kernel:14s} {'x'.join(map(str, shape))} {dtype:8s} fwd+bwd {impl}"
+            if impl not in linear_heads.LINEAR_KERNELS[kernel].impls:
+                continue
+            progress.step(label)
+            try:
+                prepared = linear_heads.prepare_linear(kernel, impl, "fwd+bwd", inputs)
+                timing = cases.measure(prepared, args.repeats, args.budget)
+            except Exception as error:
+                if not cases.out_of_memory(error):
+                    raise
+                skipped.append({"kernel": kernel, "shape": list(shape), "dtype": dtype,
+                                "mode": "fwd+bwd", "impl": impl, "reason": "out of memory"})
+                print("out of memory", flush=True)
+                continue
+            row = {"kernel": kernel, "shape": list(shape), "dtype": dtype, "mode": "fwd+bwd",
+                   "impl": impl, "seconds": timing.seconds, "calls": timing.calls,
+                   "temp_bytes": prepared.temp_bytes}
+            if not args.no_accuracy:
+                if (kernel, dtype, impl) not in accuracy:
+                    accuracy[kernel, dtype, impl] = linear_heads.linear_accuracy(kernel, impl, dtype)
+                row |= accuracy[kernel, dtype, impl]
+            rows.append(row)
+            print(f"{timing.seconds * 1e3:10.1f} ms  ({timing.calls} calls)  "
+                  f"temp {_mib(prepared.temp_bytes)}", flush=True)
+        del inputs
+    by_case = {(r["kernel"], tuple(r["shape"]), r["dtype"], r["impl"]): r for r in rows}
+    for r in rows:
+        base = by_case.get((r["kernel"], tuple(r["shape"]), r["dtype"], "materialised"))
+        if base and r["impl"] != "materialised":
+            r["time_vs_materialised"] = r["seconds"] / base["seconds"]
+            if r["temp_bytes"] and base["temp_bytes"]:
+                r["temp_vs_materialised"] = r["temp_bytes"] / base["temp_bytes"]
+    return rows
 
 
 def _case_key(r) -> tuple:
@@ -288,6 +373,15 @@ def targets(report) -> list[str]:
             lines.append(f"KL forward / roofline proxy: {fwd['vs_roofline']:.2f}x (target <= 2x)")
         if both and "vs_roofline" in both:
             lines.append(f"KL forward+backward / roofline proxy: {both['vs_roofline']:.2f}x (target <= 2.5x)")
+    for r in report.get("linear", []):
+        if r["kernel"] == "linear_ce" and r["impl"] == "fused" and "time_vs_materialised" in r:
+            at_target = tuple(r["shape"]) == LINEAR_TARGET and r["dtype"] == "float32"
+            shape = "x".join(map(str, r["shape"])) + f" {r['dtype']}"
+            goal = " (targets <= 1.25x, <= 15%)" if at_target else ""
+            lines.append(
+                f"fused linear CE ({shape}): time {r['time_vs_materialised']:.2f}x the materialised "
+                f"loss, temp memory {100 * r.get('temp_vs_materialised', float('nan')):.1f}% of it{goal}"
+            )
     ahead, behind = [], []
     for kernel, shape, dtype in main_entries(report):
         for mode in ("fwd", "fwd+bwd"):
@@ -361,6 +455,25 @@ def full_table(report) -> list[str]:
     return lines
 
 
+def linear_table(report) -> list[str]:
+    rows = report.get("linear", [])
+    if not rows:
+        return []
+    lines = [
+        "| loss | N x D x V | dtype | impl | median (loss + grads) | calls | time / materialised "
+        "| temp memory | temp / materialised | rel. err. loss | rel. err. grads |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['kernel']} | {'x'.join(map(str, r['shape']))} | {r['dtype']} | {r['impl']} "
+            f"| {_ms(r['seconds'])} | {r['calls']} | {_fmt(r.get('time_vs_materialised'), '.2f') + ('x' if 'time_vs_materialised' in r else '')} "
+            f"| {_mib(r.get('temp_bytes'))} | {_fmt(r.get('temp_vs_materialised'), '.1%')} "
+            f"| {_fmt(r.get('rel_err_loss'), '.1e')} | {_fmt(r.get('rel_err_grads'), '.1e')} |"
+        )
+    return lines
+
+
 def accuracy_table(report) -> list[str]:
     sweep = report.get("kl_accuracy_sweep")
     if not sweep:
@@ -409,8 +522,10 @@ def markdown(report) -> str:
         "",
         *accuracy_table(report),
         "",
-        *[f"- not measured: {c['kernel']} {c['shape'][0]}x{c['shape'][1]} {c['dtype']} {c['mode']} "
-          f"{cases.LABEL[c['impl']]} ({c['reason']})" for c in report.get("skipped", [])],
+        *(["## Fused linear heads (jaxdiv.fused)", "", *linear_table(report), ""]
+          if report.get("linear") else []),
+        *[f"- not measured: {c['kernel']} {'x'.join(map(str, c['shape']))} {c['dtype']} {c['mode']} "
+          f"{cases.LABEL.get(c['impl'], c['impl'])} ({c['reason']})" for c in report.get("skipped", [])],
         "",
         "## How to read this",
         "",
@@ -434,8 +549,29 @@ def markdown(report) -> str:
         "float32 inputs, forward only (SciPy computes in float64).",
         "",
         *[f"- **{name}**: {spec.note}" for name, spec in cases.KERNELS.items() if spec.note],
+        "",
+        "Fused linear heads: the loss and the gradients with respect to the hidden states and "
+        "the weight (hidden ~ N(0, 1), weight ~ N(0, 1/D)); `fused` is jaxdiv.fused, "
+        "`materialised` computes `hidden @ weight` and the same jaxdiv.losses function, `optax` "
+        "the logits and optax's cross-entropy. One input copy, so the medians include no cache "
+        "effects worth rotating for. Errors are against float64 NumPy on the same (rounded) "
+        f"inputs of shape {'x'.join(map(str, _accuracy_shape()))}, the gradient error being "
+        "max |g - g_ref| / max |g_ref| over both gradients.",
+        *[f"- **{name}**: {spec.note}" for name, spec in _linear_kernels().items() if spec.note],
     ]
     return "\n".join(lines) + "\n"
+
+
+def _accuracy_shape():
+    from benchmarks import linear_heads
+
+    return linear_heads.ACCURACY_SHAPE
+
+
+def _linear_kernels():
+    from benchmarks import linear_heads
+
+    return linear_heads.LINEAR_KERNELS
 
 
 def console_summary(report) -> str:

@@ -250,10 +250,10 @@ def test_jit_eager_vmap_and_leading_batch_dims():
 
 
 def test_auto_chunk_size():
-    assert fused.auto_chunk_size(8192, 128256) == 2048
-    assert fused.auto_chunk_size(2048, 256000) == 8192
+    assert fused.auto_chunk_size(8192, 128256) == 512
+    assert fused.auto_chunk_size(2048, 256000) == 2048
     assert fused.auto_chunk_size(1, 50) == 50
-    assert fused.auto_chunk_size(1 << 20, 128256) == 128
+    assert fused.auto_chunk_size(1 << 20, 128256) == 256
 
 
 def test_errors_name_what_was_expected():
