@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import cases, report
+from benchmarks import cases, linear_heads, report
 
 SHAPE = (8, 64)
 
@@ -96,7 +96,7 @@ def test_default_plans_cover_the_promised_sweep():
 
 def test_report_writes_json_markdown_and_plots(tmp_path, capsys):
     report.main(["--quick", "--kernels", "kl", "ce_labels", "gaussian_kl", "bce",
-                 "--size", "4x8", "--sweep", "8x16", "--gaussian-size", "4x3",
+                 "--size", "4x8", "--sweep", "8x16", "--gaussian-size", "4x3", "--linear-sizes", "8x4x50",
                  "--gaussian-sweep", "2x5", "--repeats", "1", "--budget", "0",
                  "--out", str(tmp_path)])
     data = json.loads((tmp_path / "results.json").read_text())
@@ -118,6 +118,14 @@ def test_report_writes_json_markdown_and_plots(tmp_path, capsys):
     assert "| kl | 8x16 | float32 | fwd | naive NumPy |" in table
     assert "| kl | 4x8 | bfloat16 | fwd+bwd | optax |" in table
     assert "KL accuracy as Q approaches P" in table
+    linear = {(r["kernel"], r["impl"]): r for r in data["linear"]}
+    assert set(linear) == {("linear_ce", "fused"), ("linear_ce", "materialised"), ("linear_ce", "optax"),
+                           ("linear_distill", "fused"), ("linear_distill", "materialised")}
+    fused_ce = linear["linear_ce", "fused"]
+    assert fused_ce["shape"] == [8, 4, 50] and fused_ce["time_vs_materialised"] > 0
+    assert fused_ce["temp_vs_materialised"] > 0 and fused_ce["rel_err_loss"] < 1e-5
+    assert "## Fused linear heads (jaxdiv.fused)" in table and "| linear_distill | 8x4x50 | float32 | fused |" in table
+    assert "fused linear CE (8x4x50 float32): time" in table
     for name in ("time_vs_classes.png", "speedup.png", "accuracy.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
@@ -134,7 +142,7 @@ def test_a_case_out_of_memory_is_recorded_and_the_run_goes_on(tmp_path, monkeypa
 
     monkeypatch.setattr(cases, "measure", failing)
     report.main(["--quick", "--kernels", "tv", "--size", "4x8", "--repeats", "1", "--budget", "0",
-                 "--no-accuracy", "--no-plots", "--out", str(tmp_path)])
+                 "--linear-sizes", "--no-accuracy", "--no-plots", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "results.json").read_text())
     assert {r["impl"] for r in data["results"]} == {"jaxdiv", "jax", "roofline"} | (
         {"torch"} if cases.torch_available() else set())
@@ -143,7 +151,7 @@ def test_a_case_out_of_memory_is_recorded_and_the_run_goes_on(tmp_path, monkeypa
     monkeypatch.setattr(cases, "measure", lambda *a: (_ for _ in ()).throw(ValueError("a bug")))
     with pytest.raises(ValueError):
         report.main(["--quick", "--kernels", "tv", "--size", "4x8", "--no-accuracy", "--no-plots",
-                     "--out", str(tmp_path)])
+                     "--linear-sizes", "--out", str(tmp_path)])
 
 
 def test_rotation_copies_leave_the_cache_and_spare_huge_inputs():
@@ -157,3 +165,34 @@ def test_accuracy_sweep_shows_the_textbook_failure():
     sweep = {row["eps"]: row for row in cases.kl_accuracy_sweep(rows=8, classes=256)}
     assert sweep[1e-6]["jaxdiv"] < 1e-5
     assert sweep[1e-4]["numpy"] > 1e-2
+
+
+@pytest.mark.parametrize("kernel", linear_heads.LINEAR_KERNELS)
+def test_linear_heads_compute_the_same_loss_and_gradients(kernel):
+    inputs = linear_heads.make_linear_inputs(kernel, (16, 8, 301))
+    results = {}
+    for impl in linear_heads.LINEAR_KERNELS[kernel].impls:
+        value, grads = jax.jit(linear_heads.linear_function(kernel, impl, "fwd+bwd"))(*inputs.args)
+        results[impl] = (float(value), [np.asarray(g) for g in grads])
+    args64 = [np.asarray(a, np.float64) if a.dtype == jnp.float32 else np.asarray(a) for a in inputs.args]
+    ref_value, *ref_grads = linear_heads.LINEAR_KERNELS[kernel].reference(*args64)
+    for impl, (value, grads) in results.items():
+        np.testing.assert_allclose(value, ref_value, rtol=1e-5, err_msg=impl)
+        for g, r in zip(grads, ref_grads):
+            np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * np.max(np.abs(r)), err_msg=impl)
+    errors = linear_heads.linear_accuracy(kernel, "fused", "float32", shape=(32, 16, 1001))
+    assert errors["rel_err_loss"] < 1e-5 and errors["rel_err_grads"] < 1e-4
+    prepared = linear_heads.prepare_linear(kernel, "fused", "fwd+bwd", inputs)
+    assert prepared.temp_bytes is not None and len(prepared.calls) == 1
+
+
+def test_linear_plans():
+    args = report.parse_args([])
+    assert report.linear_plan(args, "cpu") == [
+        ("linear_ce", (2048, 1024, 32000), "float32"), ("linear_distill", (2048, 1024, 32000), "float32")]
+    gpu = report.linear_plan(args, "gpu")
+    assert ("linear_ce", (16384, 4096, 151936), "bfloat16") in gpu
+    assert ("linear_ce", report.LINEAR_TARGET, "bfloat16") in gpu
+    assert report.linear_plan(report.parse_args(["--linear-sizes"]), "cpu") == []
+    with pytest.raises(SystemExit):
+        report.parse_args(["--linear-sizes", "8192x1024"])

@@ -30,3 +30,26 @@ def test_distillation_example_runs_both_students():
     assert np.all(np.isfinite([loss for _, loss, _ in history]))
     assert history[-1][1] < history[0][1]
     assert plain > 0.7 and taught > 0.7
+
+
+def test_byte_lm_with_the_fused_tied_head_learns():
+    from examples import byte_lm
+
+    model, params, history, test_bits = byte_lm.train(steps=150)
+    losses = [loss for _, loss, _ in history]
+    assert np.all(np.isfinite(losses)) and losses[-1] < 0.6 * losses[0]
+    assert test_bits < 5.0   # 8 bits per byte for a uniform guess
+
+    # the fused loss and its gradients equal the materialised composition
+    import jax
+
+    window, target = byte_lm.windows(byte_lm.load_text()[0], np.arange(0, 6400, 50))
+    (f, f_aux), f_grads = jax.value_and_grad(byte_lm.loss_fn, has_aux=True)(params, model, window, target)
+    (m, m_aux), m_grads = jax.value_and_grad(byte_lm.materialised_loss_fn, has_aux=True)(
+        params, model, window, target)
+    np.testing.assert_allclose(f, m, rtol=1e-5)
+    np.testing.assert_allclose(f_aux.accuracy, m_aux.accuracy)
+    for a, b in zip(jax.tree.leaves(f_grads), jax.tree.leaves(m_grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    padded = f_grads["params"]["embedding"][byte_lm.BYTES:]
+    assert np.all(np.asarray(padded) == 0)
