@@ -395,7 +395,7 @@ def _label_stats_of(
     gap = norm.max - jnp.where(finite, carry.picked, 0.0)
     nll = jnp.where(finite & jnp.isfinite(log_sum), gap + log_sum, jnp.inf)
     nll = jnp.where(in_range, nll, jnp.nan)
-    top1 = (carry.picked == norm.max) & in_range
+    top1 = (carry.picked == norm.max) & finite & in_range
     uniform = jnp.zeros_like(log_sum)
     if cfg.smoothing:
         # sum_c (lse - x_c) / n = log1p(rest) - sum_c (x_c - max) / n: two parts >= 0.
