@@ -391,3 +391,11 @@ def test_distillation_errors():
         jax.jit(lambda t: fused.linear_distillation_loss(hidden, weight, logits, temperature=t))(2.0)
     with pytest.raises(ValueError, match="beta must lie in"):
         fused.linear_distillation_loss(hidden, weight, logits, kind="jsd", beta=1.0)
+
+
+def test_precision_option_and_oversized_chunk():
+    hidden, weight, bias, labels = _head(22)
+    base = fused.linear_cross_entropy(hidden, weight, labels, bias=bias)
+    for precision in ("highest", jax.lax.Precision.HIGHEST):
+        got = fused.linear_cross_entropy(hidden, weight, labels, bias=bias, precision=precision, chunk_size=10**6)
+        np.testing.assert_allclose(got, base, rtol=1e-6)
