@@ -35,7 +35,7 @@ def test_distillation_example_runs_both_students():
 def test_byte_lm_with_the_fused_tied_head_learns():
     from examples import byte_lm
 
-    model, params, history, test_bits = byte_lm.train(steps=150)
+    model, params, history, test_bits = byte_lm.train(steps=100)
     losses = [loss for _, loss, _ in history]
     assert np.all(np.isfinite(losses)) and losses[-1] < 0.6 * losses[0]
     assert test_bits < 5.0   # 8 bits per byte for a uniform guess
