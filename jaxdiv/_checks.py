@@ -200,15 +200,19 @@ def _fits_batch(shape: tuple[int, ...], batch_shape: tuple[int, ...]) -> bool:
         return False
 
 
-def integer_labels(labels, batch_shape: tuple[int, ...], logits_shape) -> jax.Array:
-    """Validate integer ``labels`` against the logits' batch shape (class axis removed)."""
+def integer_labels(labels, batch_shape: tuple[int, ...], logits_shape, described: Optional[str] = None) -> jax.Array:
+    """Validate integer ``labels`` against the logits' batch shape (class axis removed).
+
+    ``described`` says where the batch shape comes from, for the error message
+    (default: the logits without their class axis).
+    """
     labels = jnp.asarray(labels)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}.")
     if not _fits_batch(labels.shape, batch_shape):
+        described = described or f"the logits shape {tuple(logits_shape)} without its class axis"
         raise ValueError(
-            f"expected labels of shape {tuple(batch_shape)} (the logits shape "
-            f"{tuple(logits_shape)} without its class axis) or broadcastable to it, "
+            f"expected labels of shape {tuple(batch_shape)} ({described}) or broadcastable to it, "
             f"got labels shape {tuple(labels.shape)}."
         )
     return jnp.broadcast_to(labels, batch_shape)

@@ -323,19 +323,6 @@ def _chunk_size(chunk_size, rows: int, vocab: int) -> int:
     return int(min(chunk_size, max(vocab, 1)))
 
 
-def _labels(labels, batch, name: str, hidden) -> Array:
-    labels = jnp.asarray(labels)
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}.")
-    if not _checks._fits_batch(labels.shape, batch):
-        raise ValueError(
-            f"expected labels of shape {tuple(batch)} (the {name} shape "
-            f"{tuple(jnp.shape(hidden))} without its last axis) or broadcastable to it, "
-            f"got labels shape {tuple(labels.shape)}."
-        )
-    return jnp.broadcast_to(labels, batch).reshape(-1)
-
-
 def _positions(where, batch, described) -> Optional[Array]:
     valid = _checks.positions(where, batch, described)
     return None if valid is None else valid.reshape(-1)
@@ -534,7 +521,9 @@ def linear_cross_entropy(
     cap = _softcap_value(logit_softcap)
     axis = _layout_axis(weight_layout)
     h, w, b, batch, vocab = _head(hidden, weight, bias, axis, ("hidden", "weight", "bias"))
-    labels = _labels(labels, batch, "hidden", hidden)
+    labels = _checks.integer_labels(
+        labels, batch, None, f"the hidden shape {tuple(jnp.shape(hidden))} without its last axis"
+    ).reshape(-1)
     valid = _positions(where, batch, f"the hidden shape {tuple(jnp.shape(hidden))} without its last axis")
     if ignore_index is not None:
         kept = labels != ignore_index
