@@ -397,3 +397,10 @@ def test_precision_option_and_oversized_chunk():
     for precision in ("highest", jax.lax.Precision.HIGHEST):
         got = fused.linear_cross_entropy(hidden, weight, labels, bias=bias, precision=precision, chunk_size=10**6)
         np.testing.assert_allclose(got, base, rtol=1e-6)
+
+
+def test_forward_mode_is_refused_not_silently_wrong():
+    # The rule is a VJP (README, known limits): jvp raises JAX's own error.
+    hidden, weight, _, labels = _head(23)
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(lambda h: fused.linear_cross_entropy(h, weight, labels), (hidden,), (hidden,))
