@@ -14,18 +14,28 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def float_array(x, name: str) -> jax.Array:
+def float_array(x, name: str, *, counts: bool = False, widen: bool = True) -> jax.Array:
     """``x`` as a floating-point array computed in at least float32.
 
     bfloat16 and float16 are promoted to float32, so a loss is never rounded to
     a 16-bit grid; the cast's transpose hands gradients back in the input dtype.
+    A Python scalar stays weakly typed, so that the arrays it meets decide the
+    dtype (a ``0.0`` never turns float32 inputs into a float64 result under
+    x64). With ``counts``, integer and boolean arrays (``np.bincount``'s
+    output) are accepted and converted to the default floating dtype. With
+    ``widen=False`` 16-bit arrays keep their storage dtype: the row kernels
+    widen them block by block (:func:`jaxdiv._numerics.promote`), so a
+    bfloat16 batch is never copied to float32 as a whole.
     """
     x = jnp.asarray(x)
+    if counts and (jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_):
+        return x.astype(jnp.result_type(float))
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(
-            f"{name} must be a real floating-point array (float16, bfloat16, "
-            f"float32 or float64), got dtype {x.dtype}."
-        )
+        allowed = "integer counts or a real floating-point array" if counts else (
+            "a real floating-point array (float16, bfloat16, float32 or float64)")
+        raise TypeError(f"{name} must be {allowed}, got dtype {x.dtype}.")
+    if jax.typeof(x).weak_type or not widen:
+        return x
     return x.astype(jnp.result_type(x.dtype, jnp.float32))
 
 
@@ -61,6 +71,9 @@ def class_arrays(
     axis: int,
     where: Optional[jax.Array],
     fill: float,
+    counts: bool = False,
+    broadcast: bool = True,
+    widen: bool = True,
 ) -> tuple[list[jax.Array], Optional[jax.Array]]:
     """Validate, promote and broadcast arrays with a class axis; move ``axis`` last.
 
@@ -69,12 +82,17 @@ def class_arrays(
     entries (``where`` False) are replaced by ``fill``, so they are never read and
     receive a zero gradient.
 
+    With ``broadcast=False`` the batch dimensions of an array are left as they
+    are (size 1 where it broadcasts): one reference row against a batch is then
+    never copied to the batch's size (the row kernels broadcast inside their
+    blocks). Only the class axis is broadcast.
+
     Returns:
-      the prepared arrays, all of one shape ``[..., C]``, and the broadcast mask
-      (class axis last) or None.
+      the prepared arrays, of one shape ``[..., C]`` (``broadcast=False``:
+      shapes that broadcast to it), and the broadcast mask (class axis last) or None.
     """
-    arrays = [float_array(a, n) for a, n in zip(arrays, names)]
-    dtype = jnp.result_type(*arrays)
+    arrays = [float_array(a, n, counts=counts, widen=widen) for a, n in zip(arrays, names)]
+    dtype = jnp.result_type(*arrays) if not widen else jnp.result_type(*arrays, jnp.float32)
     arrays = [a.astype(dtype) for a in arrays]
     shapes = _describe(names, arrays)
     ndim = max(a.ndim for a in arrays)
@@ -104,7 +122,14 @@ def class_arrays(
             f"where shape {tuple(where.shape)} has more dimensions than the inputs "
             f"({shapes})."
         )
-    arrays = [jnp.broadcast_to(a, shape) for a in arrays]
+    if broadcast:
+        arrays = [jnp.broadcast_to(a, shape) for a in arrays]
+    else:
+        padded = [a.reshape((1,) * (len(shape) - a.ndim) + a.shape) for a in arrays]
+        arrays = [
+            jnp.broadcast_to(a, tuple(n if (i == axis or d != 1) else 1 for i, (d, n) in enumerate(zip(a.shape, shape))))
+            for a in padded
+        ]
     if where is not None:
         where = jnp.broadcast_to(where, shape)
         arrays = [jnp.where(where, a, fill) for a in arrays]
@@ -118,13 +143,20 @@ def logits(
     *,
     axis: int,
     where: Optional[jax.Array],
+    broadcast: bool = True,
+    widen: bool = False,
 ) -> tuple[list[jax.Array], int]:
     """:func:`class_arrays` for logits: masked entries become ``-inf``.
 
+    16-bit logits keep their storage dtype (``widen=False``): every kernel
+    that takes them computes in float32 block by block.
+
     Returns:
-      the prepared arrays, all of one shape ``[..., C]``, and the class count.
+      the prepared arrays, of one shape ``[..., C]`` (or shapes broadcasting to
+      it, see ``broadcast``), and the class count.
     """
-    arrays, _ = class_arrays(arrays, names, axis=axis, where=where, fill=-jnp.inf)
+    arrays, _ = class_arrays(
+        arrays, names, axis=axis, where=where, fill=-jnp.inf, broadcast=broadcast, widen=widen)
     return arrays, arrays[0].shape[-1]
 
 
@@ -142,7 +174,11 @@ def probabilities(
     """
     if _is_concrete(eps) and not float(eps) >= 0:
         raise ValueError(f"eps must be a non-negative pseudo-count, got {eps!r}.")
-    arrays, where = class_arrays(arrays, names, axis=axis, where=where, fill=0.0)
+    eps = scalar_parameter(eps, "eps", 0.0, np.inf, open_low=False, open_high=True)
+    arrays, where = class_arrays(
+        arrays, names, axis=axis, where=where, fill=0.0, counts=True, broadcast=False)
+    # A negative entry is invalid input (NaN for its row), also when eps would lift it.
+    arrays = [jnp.where(a < 0, jnp.nan, a) for a in arrays]
     if where is None:
         return [a + eps for a in arrays]
     return [jnp.where(where, a + eps, 0.0) for a in arrays]
@@ -179,7 +215,11 @@ def in_base(value: jax.Array, base) -> jax.Array:
 
 
 def scalar_parameter(value, name: str, low: float, high: float, *, open_low: bool, open_high: bool):
-    """A scalar parameter, range-checked when it is concrete (traced values are not)."""
+    """A scalar parameter in a range: checked at trace time when it is concrete.
+
+    A traced value cannot raise, so an out-of-range one is replaced by NaN:
+    whatever it feeds then comes out NaN, never a plausible number.
+    """
     if np.ndim(value) != 0:
         raise ValueError(f"{name} must be a scalar, got shape {np.shape(value)}.")
     if _is_concrete(value):
@@ -189,7 +229,26 @@ def scalar_parameter(value, name: str, low: float, high: float, *, open_low: boo
             lo = "(" if open_low else "["
             hi = ")" if open_high else "]"
             raise ValueError(f"{name} must lie in {lo}{low}, {high}{hi}, got {value!r}.")
-    return value
+        return value
+    value = jnp.asarray(value)
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        value = value.astype(jnp.result_type(float))
+    above = value > low if open_low else value >= low
+    below = value < high if open_high else value <= high
+    return jnp.where(above & below, value, jnp.nan)
+
+
+def mixture_weights(beta) -> tuple:
+    """``(beta, 1 - beta)``, with ``1 - beta`` formed in Python for a concrete ``beta``.
+
+    Rounding ``beta`` first would make the weights of ``beta = 0.1`` differ from
+    the mirrored weights of ``beta = 0.9`` in the last bit, and break the exact
+    mirror symmetry ``JS_b(P, Q) == JS_(1-b)(Q, P)``.
+    """
+    beta = scalar_parameter(beta, "beta", 0.0, 1.0, open_low=False, open_high=False)
+    if _is_concrete(beta):
+        return float(beta), 1.0 - float(beta)
+    return beta, 1.0 - beta
 
 
 def _fits_batch(shape: tuple[int, ...], batch_shape: tuple[int, ...]) -> bool:
@@ -208,7 +267,11 @@ def integer_labels(labels, batch_shape: tuple[int, ...], logits_shape, described
     """
     labels = jnp.asarray(labels)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}.")
+        hint = ""
+        if jnp.issubdtype(labels.dtype, jnp.floating):
+            hint = (" Floating labels are read as target probabilities (soft labels); "
+                    "pass class indices as integers (labels.astype(int)).")
+        raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}.{hint}")
     if not _fits_batch(labels.shape, batch_shape):
         described = described or f"the logits shape {tuple(logits_shape)} without its class axis"
         raise ValueError(

@@ -39,6 +39,7 @@ from jaxdiv._numerics import (
     invalid,
     log_normaliser,
     map_rows,
+    promote,
     recompute_in_backward,
     row_max,
     row_stats,
@@ -138,6 +139,7 @@ def _label_stats_jvp(cap, smoothing, primals, tangents):
     stats = row_stats(_label_stats(cap, smoothing, logits, target, valid, weights))
     if isinstance(dlogits, SymbolicZero):
         return stats, jax.tree.map(jnp.zeros_like, stats)
+    logits, target = promote(logits), promote(target)
     x = _prepare(logits, valid, cap)
     if cap is not None:
         dlogits = dlogits * _softcap_slope(logits, cap)

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 # Above this |x| the direct forms of phi and psi lose less than their series'
@@ -69,6 +70,26 @@ def phi_over_x_series(x: jax.Array) -> jax.Array:
 def expm1_series(x: jax.Array) -> jax.Array:
     r""":math:`e^x - 1` by its series, for :math:`|x| \le 1/2`: no transcendental call."""
     return x + phi_series(x)
+
+
+def _split(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Veltkamp's split of ``a`` into two halves whose products with another half are exact."""
+    factor = 134217729.0 if a.dtype == jnp.float64 else 4097.0   # 2^27 + 1, 2^12 + 1
+    c = factor * a
+    high = c - (c - a)
+    return high, a - high
+
+
+def two_product(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``a * b`` as ``(product, error)`` with ``product + error`` exact (Dekker, 1971).
+
+    For ``|a|, |b|`` well inside the dtype's range; needs no fused multiply-add.
+    """
+    product = a * b
+    a_high, a_low = _split(a)
+    b_high, b_low = _split(b)
+    error = ((a_high * b_high - product) + a_high * b_low + a_low * b_high) + a_low * b_low
+    return product, error
 
 
 @jax.custom_jvp
@@ -180,6 +201,23 @@ def neg_log1pmx_near(s: jax.Array) -> jax.Array:
     return s * u - 2.0 * u * u * u * _atanh_series_over_u(u, 3)
 
 
+def log_softmax(x: jax.Array) -> jax.Array:
+    """Log-probabilities of ``softmax(x)`` over the last axis: ``-inf`` where ``x`` is,
+    all ``-inf`` for a row without support, and NaN-free derivatives everywhere."""
+    shift = finite_or_zero(row_max(x))
+    centred = x - shift[..., None]
+    total = row_sum(jnp.exp(centred))
+    log_total = jnp.log(jnp.where(total > 0, total, 1.0))
+    return jnp.where(x > -jnp.inf, centred - log_total[..., None], -jnp.inf)
+
+
+def log_normalised(x: jax.Array) -> jax.Array:
+    """``log(x / sum x)`` over the last axis for ``x >= 0``, with no overflow of the sum
+    and NaN-free derivatives at zeros (``-inf`` there)."""
+    positive = x > 0
+    return log_softmax(jnp.where(positive, jnp.log(jnp.where(positive, x, 1.0)), -jnp.inf))
+
+
 class LogNormaliser(NamedTuple):
     """Row statistics of ``logits`` for ``log_softmax``, see :func:`log_normaliser`."""
 
@@ -214,23 +252,77 @@ def log_normaliser(logits: jax.Array) -> LogNormaliser:
 _BLOCK_ELEMENTS = 1 << 19
 
 
-def map_rows(fn, *arrays):
+def promote(x: jax.Array) -> jax.Array:
+    """A floating array in its compute dtype: at least float32 (16-bit storage is widened)."""
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        return x.astype(jnp.result_type(x.dtype, jnp.float32))
+    return x
+
+
+def map_rows(fn, *arrays, linear=()):
     """``fn(*arrays)`` evaluated block of rows by block of rows.
 
-    ``fn`` maps row-major arrays whose leading dimensions are the batch (the
-    class axis, if any, last) to a pytree of per-row statistics. The batch shape
-    is that of ``arrays[0]`` without its last axis.
+    ``fn`` maps row-major arrays whose leading dimensions are the batch (those
+    of ``arrays[0]`` but its last, the class axis) to a pytree of per-row
+    statistics. The batch is the broadcast of the arrays' leading dimensions:
+    an array whose leading dimensions are all 1 (one reference row against a
+    batch) is handed to every block as it is, never broadcast to the batch in
+    memory, and 16-bit arrays are widened to float32 inside each block only.
+    ``linear`` lists the positions of tangents (bit casts have no transpose).
     """
-    batch = arrays[0].shape[:-1]
+    nb = arrays[0].ndim - 1
+    batch = tuple(np.broadcast_shapes(*(a.shape[:nb] for a in arrays)))
     rows = math.prod(batch)
-    flat = tuple(a.reshape((rows,) + a.shape[len(batch):]) for a in arrays)
-    num_classes = max(arrays[0].shape[-1], 1)
+    mapped, shared = [], []
+    for a in arrays:
+        inner = a.shape[nb:]
+        if all(d == 1 for d in a.shape[:nb]) and rows != 1:
+            shared.append(a.reshape((1,) + inner))
+            mapped.append(None)
+        else:
+            mapped.append(jnp.broadcast_to(a, batch + inner).reshape((rows,) + inner))
+            shared.append(None)
+    num_classes = max(max((a.shape[-1] for a in arrays if a.ndim), default=1), 1)
     block = max(1, min(rows, _BLOCK_ELEMENTS // num_classes))
-    if block >= rows:
-        out = fn(*flat)
+
+    # XLA:CPU widens a 16-bit float array that a loop slices to float32 as a
+    # whole before the loop; carried as its bits, each block is widened alone.
+    dtypes = [a.dtype for a in arrays]
+    mapped = [m if i in linear else _as_bits(m) for i, m in enumerate(mapped)]
+
+    def run(xs):
+        it = iter(xs)
+        args = [
+            promote(s if s is not None else _from_bits(next(it), dtype))
+            for s, dtype in zip(shared, dtypes)
+        ]
+        out = fn(*args)
+        size = xs[0].shape[0]
+        return jax.tree.map(lambda o: jnp.broadcast_to(o, (size,) + o.shape[1:]), out)
+
+    xs = tuple(m for m in mapped if m is not None)
+    full = rows // block
+    if full <= 1:
+        out = run(xs)
     else:
-        out = jax.lax.map(lambda xs: fn(*xs), flat, batch_size=block)
+        # Whole blocks in a loop, the shorter last block on its own.
+        blocks = tuple(x[: full * block].reshape((full, block) + x.shape[1:]) for x in xs)
+        out = jax.lax.map(run, blocks)
+        out = jax.tree.map(lambda o: o.reshape((full * block,) + o.shape[2:]), out)
+        if full * block < rows:
+            last = run(tuple(x[full * block:] for x in xs))
+            out = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, last)
     return jax.tree.map(lambda o: o.reshape(batch + o.shape[1:]), out)
+
+
+def _as_bits(x):
+    if x is not None and jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize == 2:
+        return jax.lax.bitcast_convert_type(x, jnp.uint16)
+    return x
+
+
+def _from_bits(x, dtype):
+    return jax.lax.bitcast_convert_type(x, dtype) if x.dtype != dtype else x
 
 
 _ROW_STATS = "jaxdiv_row_stats"
@@ -289,6 +381,29 @@ def difference(q: jax.Array, p: jax.Array, read: jax.Array) -> jax.Array:
     return jnp.where(read, q, 0.0) - jnp.where(read, p, 0.0)
 
 
+def shifted_difference(
+    q: jax.Array, p: jax.Array, shift_q: jax.Array, shift_p: jax.Array, read: jax.Array
+) -> jax.Array:
+    r"""``(q - shift_q) - (p - shift_p)`` where ``read``, 0 elsewhere, in the form that rounds less.
+
+    Formed as ``(q - p) - (shift_q - shift_p)``, the difference of the raw
+    logits is exact for nearby values (nearly identical distributions), but
+    the result carries a rounding of the offset ``shift_q - shift_p``; formed
+    from the centred logits it carries roundings of ``q - shift_q`` and
+    ``p - shift_p`` instead. Each entry takes the form with the smaller error
+    bound, so neither a common offset nor a large offset between the two rows
+    (logits 1e6 apart, a masked row of -1e30) costs digits, and an offset that
+    overflows (``3e38`` against ``-3e38``) is never used.
+    """
+    a = p - shift_p[..., None]
+    b = q - shift_q[..., None]
+    offset = (shift_q - shift_p)[..., None]
+    raw = read & (jnp.abs(offset) <= jnp.abs(a) + jnp.abs(b))
+    centred = read & ~raw
+    from_raw = difference(q, p, raw) - jnp.where(raw, offset, 0.0)
+    return jnp.where(raw, from_raw, difference(b, a, centred))
+
+
 def invalid(row_stat: jax.Array) -> jax.Array:
     """NaN or ``+inf`` in a row statistic that is finite for valid logits.
 
@@ -307,8 +422,8 @@ class LogRatio(NamedTuple):
     log_sum_p: jax.Array  # log sum exp(p - shift_p); -inf for a row without support
     shift_q: jax.Array    # max q (0 for a row without support)
     log_sum_q: jax.Array  # log sum exp(q - shift_q); -inf for a row without support
-    shift: jax.Array      # c = max_{supp P} q - max p
-    gap: jax.Array        # (lse_q - lse_p) - c, so log Q - log P = ((q - p) - c) - gap
+    shift_on: jax.Array   # max of q on the support of P (0 if none is finite)
+    gap: jax.Array        # log Q - log P = ((q - shift_on) - (p - shift_p)) - gap
 
     @property
     def lse_p(self) -> jax.Array:
@@ -327,8 +442,9 @@ def log_ratio(p: jax.Array, q: jax.Array) -> LogRatio:
     normalisers, which is the whole value of a divergence between nearly
     identical distributions. Here it is ``c + log1p(s) + softplus(x)``: with
     :math:`a = p - \max p`, :math:`b = q - \max_{\mathrm{supp} P} q`,
-    :math:`r = (q - p) - c` (formed from the raw logits, so it is exact for
-    nearby values) and :math:`c = \max_{\mathrm{supp} P} q - \max p`,
+    :math:`r = b - a` (formed by :func:`shifted_difference`, exact for nearby
+    values and unharmed by any offset between the rows) and
+    :math:`c = \max_{\mathrm{supp} P} q - \max p`,
     :math:`s = \sum_{\mathrm{supp} P} P\,\mathrm{expm1}(r)` is a sum of terms as
     small as the differences themselves, and :math:`x` is the log ratio of Q's
     mass off and on the support of P.
@@ -348,8 +464,7 @@ def log_ratio(p: jax.Array, q: jax.Array) -> LogRatio:
     q_on_supp_finite = supp & (q > -jnp.inf)
 
     e_b = jnp.exp(q - jnp.where(supp, shift_on[..., None], shift_all[..., None]))
-    c = shift_on - shift_p
-    r = jnp.where(q_on_supp_finite, difference(q, p, q_on_supp_finite) - c[..., None], 0.0)
+    r = shifted_difference(q, p, shift_on, shift_p, q_on_supp_finite)
     small = jnp.abs(r) < _PHI_SERIES_RADIUS
     phi = phi_series(jnp.where(small, r, 0.0))
     zero = jnp.zeros_like(e_a)
@@ -386,4 +501,4 @@ def log_ratio(p: jax.Array, q: jax.Array) -> LogRatio:
     sum_q = sum_off + sum_on * scale_on
     log_sum_q = jnp.where(sum_q > 0, jnp.log(jnp.where(sum_q > 0, sum_q, 1.0)), -jnp.inf)
     gap = jnp.log1p(s) + jax.nn.softplus(x)
-    return LogRatio(kl, shift_p, log_sum_p, shift_all, log_sum_q, c, gap)
+    return LogRatio(kl, shift_p, log_sum_p, shift_all, log_sum_q, shift_on, gap)

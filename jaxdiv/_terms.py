@@ -260,7 +260,10 @@ def _renyi_d_log_q(t: Pair, params) -> Array:
     return jnp.where(both, inner, t.q)
 
 
-RENYI = Terms(term=_renyi_term, d_log_p=_renyi_d_log_p, d_log_q=_renyi_d_log_q)
+# A Q without mass is no distribution: sum P^a Q^(1-a) = 0 for every order.
+RENYI = Terms(
+    term=_renyi_term, d_log_p=_renyi_d_log_p, d_log_q=_renyi_d_log_q, empty_q=jnp.inf
+)
 
 
 # ------------------------------------------------------ user f-divergences
@@ -308,21 +311,34 @@ def renyi_from_total(total: Array, log_p_fn, log_q_fn, alpha: Array) -> Array:
     itself is moderate; only then (a ``lax.cond``, so the usual path pays
     nothing) the overflowing rows are recomputed as ``logsumexp(a log P +
     (1 - a) log Q) / (a - 1)`` from the full log-probabilities, which the
-    callables ``log_p`` and ``log_q`` compute (class axis last).
+    callables ``log_p`` and ``log_q`` compute (class axis last; ``-inf`` at
+    zero probability, with NaN-free derivatives there).
+
+    The recomputation is differentiated by autodiff, so every row and entry it
+    does not use is fed harmless values: a zero cotangent times an infinite
+    derivative would otherwise put NaN into the gradient of the valid rows.
     """
     h = jax.lax.stop_gradient(alpha) - 1.0
     value = log1p_scaled(total, h)
     # 1 + h F is sum P^a Q^(1-a); below 1/2 it is better summed in log space.
-    overflow = jnp.isinf(value) | ((h < 0) & (h * total < -0.5))
+    overflow = jnp.isinf(value) | ((h < 0) & (h * total <= -0.5))
+    recompute = overflow & (h != 0)
 
     def in_log_space():
         log_p, log_q = log_p_fn(), log_q_fn()
-        both = (log_p > -jnp.inf) & (log_q > -jnp.inf)
+        has_p, has_q = log_p > -jnp.inf, log_q > -jnp.inf
+        both = recompute[..., None] & has_p & has_q
         # Q_i = 0 < P_i: the value is +inf for a > 1 (a locally constant one).
-        structural = jnp.any((log_p > -jnp.inf) & ~both, axis=-1) & (h > 0)
-        e = jnp.where(both, alpha * jnp.where(both, log_p, 0.0) + (1 - alpha) * jnp.where(both, log_q, 0.0), -jnp.inf)
-        lse = jax.nn.logsumexp(e, axis=-1) / jnp.where(h == 0, 1.0, h)
+        structural = jnp.any(has_p & ~has_q, axis=-1) & (h > 0)
+        e = alpha * jnp.where(both, log_p, 0.0) + (1 - alpha) * jnp.where(both, log_q, 0.0)
+        overlap = jnp.any(both, axis=-1)
+        shift = jnp.max(jnp.where(both, e, -jnp.inf), axis=-1, initial=-jnp.inf)
+        shift = jnp.where(overlap, shift, 0.0)
+        total_e = jnp.sum(jnp.where(both, jnp.exp(e - shift[..., None]), 0.0), axis=-1)
+        # No overlap: sum P^a Q^(1-a) = 0, so D_a = +inf for every order.
+        lse = jnp.where(overlap, shift + jnp.log(jnp.where(overlap, total_e, 1.0)), -jnp.inf)
+        scaled = lse / jnp.where(h == 0, 1.0, h)
         # (At a = 1 an infinite value is KL's own +inf.)
-        return jnp.where(overflow & (h != 0), jnp.where(structural, jnp.inf, lse), value)
+        return jnp.where(recompute, jnp.where(structural, jnp.inf, scaled), value)
 
-    return jax.lax.cond(jnp.any(overflow), in_log_space, lambda: value)
+    return jax.lax.cond(jnp.any(recompute), in_log_space, lambda: value)

@@ -29,6 +29,7 @@ P (for symmetric divergences: P or Q) has no mass gives 0 with zero gradient.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -46,6 +47,8 @@ from jaxdiv._numerics import (
     recompute_in_backward,
     row_stats,
     row_sum,
+    shifted_difference,
+    two_product,
 )
 
 Array = jax.Array
@@ -74,6 +77,8 @@ class Terms(NamedTuple):
     mirror: Optional[Callable[[tuple], tuple]] = None
     # the largest value, enforced after rounding (None: unbounded).
     upper: Optional[Callable[[tuple], Array]] = None
+    # the value of a row where P has mass and Q has none (None: the sum of the terms).
+    empty_q: Optional[float] = None
 
 
 # ----------------------------------------------------------- building a Pair
@@ -92,31 +97,77 @@ def _logits_pair(x: Array, y: Array, s: LogRatio) -> Pair:
     p, q = jnp.exp(log_p), jnp.exp(log_q)
     both = (p > 0) & (q > 0)
     # log Q - log P = ((q - p) - c) - gap, see log_ratio.
-    log_q_over_p = (difference(y, x, both) - s.shift[..., None]) - s.gap[..., None]
+    log_q_over_p = shifted_difference(y, x, s.shift_on, s.shift_p, both) - s.gap[..., None]
     return Pair(p, q, log_p, log_q, _log_ratio_field(p, q, -log_q_over_p))
 
 
 class _ProbStats(NamedTuple):
     shift_p: Array       # log max x
-    log_sum_p: Array     # log sum x / max x, in the log1p form; -inf for an all-zero row
+    log_sum_p: Array     # log(sum x / max x), in the log1p form; -inf for an all-zero row
     shift_q: Array
     log_sum_q: Array
-    log_scale: Array     # log(sum x / sum y), accurate when the sums are close
+    exp_p: Array         # x * 2^-exp_p has its row maximum in [1/2, 1)
+    exp_q: Array
+    ratio: Array         # R ~ sum x / sum y of the rescaled rows (its rounding is harmless)
+    gap: Array           # log(R sum y / sum x), so that log P - log Q = gap - u
     bad: Array           # a negative, NaN or +inf entry
+
+
+def _rescaled(x: Array) -> tuple[Array, Array]:
+    """``x * 2^-e`` with its row maximum in ``[1/2, 1)``, and ``e``: exact, and the sum cannot overflow."""
+    _, e = jnp.frexp(jnp.max(x, axis=-1, initial=0.0))
+    e = jnp.where(jnp.isfinite(jnp.max(x, axis=-1, initial=0.0)), e, 0)
+    return jnp.ldexp(x, -e[..., None]), e
+
+
+def _log_ratios(x: Array, y: Array, ratio: Array, exp_p: Array, exp_q: Array):
+    r"""``u = log(R y / x)`` of the rescaled inputs, and ``expm1(u)``, where both are positive.
+
+    Near ``u = 0`` the product ``R y`` is formed exactly (:func:`two_product`),
+    so ``R y - x`` is the exact difference whatever the totals, and ``u`` keeps
+    full relative accuracy for nearly identical histograms given as counts
+    against probabilities. Entries that underflowed in the rescaling take the
+    logarithms of the inputs.
+    """
+    xs, ys = jnp.ldexp(x, -exp_p[..., None]), jnp.ldexp(y, -exp_q[..., None])
+    r = ratio[..., None]
+    both = (xs > 0) & (ys > 0)
+    safe_x = jnp.where(both, xs, 1.0)
+    product, error = two_product(jnp.where(both, ys, 1.0), r)
+    excess = (product - safe_x) + error
+    near = both & (jnp.abs(excess) <= 0.5 * safe_x)
+    rel = excess / safe_x
+    u_near = jnp.log1p(jnp.where(near, rel, 0.0))
+    u_scaled = jnp.log(jnp.where(both, ys / safe_x, 1.0)) + jnp.log(r)
+    positive = (x > 0) & (y > 0)
+    log_x, log_y = jnp.log(jnp.where(positive, x, 1.0)), jnp.log(jnp.where(positive, y, 1.0))
+    u_logs = (log_y - log_x) + ((exp_p - exp_q).astype(x.dtype) * math.log(2.0))[..., None] + jnp.log(r)
+    u = jnp.where(near, u_near, jnp.where(both, u_scaled, u_logs))
+    return jnp.where(positive, u, 0.0), jnp.where(near, rel, jnp.expm1(jnp.where(positive, u, 0.0)))
 
 
 def _prob_stats(x: Array, y: Array) -> _ProbStats:
     # log_normaliser of log(x) gives log(x_i / sum x) without rounding sum x
     # first, so confident distributions keep an accurate log P near 0.
     norm_p, norm_q = log_normaliser(jnp.log(x)), log_normaliser(jnp.log(y))
-    sum_q = row_sum(y)
-    excess = row_sum(x - y)   # exact differences, so their sum is accurate
-    safe_q = jnp.where(sum_q > 0, sum_q, 1.0)
-    log_scale = jnp.log1p(excess / safe_q)
     negative = jnp.min(jnp.minimum(x, y), axis=-1, initial=0.0) < 0
     bad = negative | invalid(norm_p.log_sum) | invalid(norm_q.log_sum)
+    xs, exp_p = _rescaled(x)
+    ys, exp_q = _rescaled(y)
+    sum_x, sum_y = row_sum(xs), row_sum(ys)
+    ratio = jnp.where((sum_x > 0) & (sum_y > 0), sum_x / jnp.where(sum_y > 0, sum_y, 1.0), 1.0)
+    u, expm1_u = _log_ratios(x, y, ratio, exp_p, exp_q)
+    # 1 + s = R sum y / sum x, split into P's support (P expm1(u), -P where Q = 0)
+    # and Q's mass off it: every part is as small as the log ratios themselves.
+    log_p = (jnp.log(x) - norm_p.shift[..., None]) - finite_or_zero(norm_p.log_sum)[..., None]
+    prob_p = jnp.exp(log_p)
+    on = jnp.where(y > 0, prob_p * expm1_u, -prob_p)
+    s_on = row_sum(jnp.where(x > 0, on, 0.0))
+    q_off = row_sum(jnp.where(x > 0, 0.0, ys))
+    s = s_on + ratio * q_off / jnp.where(sum_x > 0, sum_x, 1.0)
+    gap = jnp.log1p(jnp.maximum(s, -1.0))
     return _ProbStats(
-        norm_p.shift, norm_p.log_sum, norm_q.shift, norm_q.log_sum, log_scale, bad
+        norm_p.shift, norm_p.log_sum, norm_q.shift, norm_q.log_sum, exp_p, exp_q, ratio, gap, bad
     )
 
 
@@ -124,10 +175,12 @@ def _probs_pair(x: Array, y: Array, s: _ProbStats) -> Pair:
     log_p = (jnp.log(x) - s.shift_p[..., None]) - finite_or_zero(s.log_sum_p)[..., None]
     log_q = (jnp.log(y) - s.shift_q[..., None]) - finite_or_zero(s.log_sum_q)[..., None]
     p, q = jnp.exp(log_p), jnp.exp(log_q)
-    both = (x > 0) & (y > 0)
-    safe_y = jnp.where(both, y, 1.0)
-    log_p_over_q = jnp.log1p(difference(x, y, both) / safe_y) - s.log_scale[..., None]
-    return Pair(p, q, log_p, log_q, _log_ratio_field(p, q, log_p_over_q))
+    u, _ = _log_ratios(x, y, s.ratio, s.exp_p, s.exp_q)
+    log_p_over_q = s.gap[..., None] - u
+    # The supports are those of the inputs: a count far below its row's largest
+    # still has P_i > 0 (scipy.stats.entropy's convention), even where P_i underflows.
+    ones_sided = jnp.where(x > 0, jnp.inf, jnp.where(y > 0, -jnp.inf, 0.0))
+    return Pair(p, q, log_p, log_q, jnp.where((x > 0) & (y > 0), log_p_over_q, ones_sided))
 
 
 class _Space(NamedTuple):
@@ -220,6 +273,7 @@ def _rows(space: _Space, terms: Terms, params: tuple, x: Array, y: Array, grads:
     its branches are still in cache; outside, each would be a pass over memory.
     """
     x_in, y_in = x, y
+    x, y = jnp.broadcast_arrays(x, y)   # a shared reference row meets the block here
     swap = _canonical_swap(x, y) if terms.symmetric else None
     x, y = _orient(x, y, swap)
     row_params = _row_params(terms, params, swap)
@@ -229,6 +283,8 @@ def _rows(space: _Space, terms: Terms, params: tuple, x: Array, y: Array, grads:
     if terms.upper is not None:
         bound = jnp.asarray(terms.upper(row_params))
         value = jnp.minimum(value, bound[..., 0] if bound.ndim else bound)
+    if terms.empty_q is not None:
+        value = jnp.where(space.has_q(stats), value, terms.empty_q)
     mass = _has_mass(space, terms, stats)
     value = jnp.where(mass, value, 0.0)
     value = jnp.where(space.invalid(stats), jnp.nan, value)
@@ -289,7 +345,7 @@ def _build(space: _Space, terms: Terms):
             rows = _rows(space, terms, params, a, b, True)
             return rows.value, rows.stats, _inner(rows.coef_x, da) + _inner(rows.coef_y, db)
 
-        value, stats, tangent = map_rows(block, x, y, dx, dy)
+        value, stats, tangent = map_rows(block, x, y, dx, dy, linear=(2, 3))
         value, stats = row_stats((value, stats))
         # NaN inputs poison their own row's gradient, linearly.
         return value, tangent * jnp.where(space.invalid(stats), jnp.nan, 1.0)

@@ -43,9 +43,11 @@ from jaxdiv._numerics import (
     log_normaliser,
     log_ratio,
     map_rows,
+    promote,
     recompute_in_backward,
     row_stats,
     row_sum,
+    shifted_difference,
     support,
 )
 
@@ -86,8 +88,14 @@ def _has_mass(lse: Array) -> Array:
 
 
 def _tempered(x: Array, scale: Optional[Array], valid: Optional[Array]) -> Array:
-    """``scale * x``, with the rows where ``valid`` is False emptied (all ``-inf``)."""
-    x = x if scale is None else x * scale
+    """``scale * x``, with the rows where ``valid`` is False emptied (all ``-inf``).
+
+    ``-inf`` entries stay ``-inf`` without forming ``0 * -inf`` in the
+    derivative with respect to ``scale`` (a learned temperature).
+    """
+    if scale is not None:
+        finite = x > -jnp.inf
+        x = jnp.where(finite, jnp.where(finite, x, 0.0) * scale, x)
     return x if valid is None else jnp.where(valid[..., None], x, -jnp.inf)
 
 
@@ -113,10 +121,11 @@ def _scaled_kl(p: Array, q: Array, scale: Optional[Array], valid: Optional[Array
 # Closed forms: dKL/dq = Q - P, dKL/dp = -P (log Q - log P + KL); autodiff through
 # the branches of log_ratio would be slower and leaks NaN at -inf.
 def _kl_jvp(primals, tangents):
-    p, q, scale, valid = primals
-    dp, dq = tangents[:2]
-    stats = row_stats(_tempered_stats(p, q, scale, valid))
-    p, q = _tempered(p, scale, valid), _tempered(q, scale, valid)
+    p_raw, q_raw, scale, valid = primals
+    p_raw, q_raw = promote(p_raw), promote(q_raw)
+    dp, dq, dscale = tangents[:3]
+    stats = row_stats(_tempered_stats(p_raw, q_raw, scale, valid))
+    p, q = _tempered(p_raw, scale, valid), _tempered(q_raw, scale, valid)
     # P is formed twice, as exp(p - lse) and exp(p + (-lse)), so that XLA does not
     # share it between the two gradients: one exp more per class beats
     # materialising P as a [..., C] temporary.
@@ -125,14 +134,23 @@ def _kl_jvp(primals, tangents):
     read = support(probs_p_own) & (q > -jnp.inf)
     finite = jnp.isfinite(stats.kl)[..., None]
     kl = jnp.where(finite, stats.kl[..., None], 0.0)
-    log_q_over_p = (difference(q, p, read) - stats.shift[..., None]) - stats.gap[..., None]
+    log_q_over_p = shifted_difference(q, p, stats.shift_on, stats.shift_p, read) - stats.gap[..., None]
     log_q_over_p = jnp.where(read, log_q_over_p, 0.0)
     # A +inf KL stays +inf under any finite change of p_logits: its p-gradient is 0.
     coef_p = jnp.where(read & finite, -probs_p_own * (log_q_over_p + kl), 0.0)
     # d/dq of sum(P) lse(q) - <P, q>: Q - P, and 0 where P has no mass.
     coef_q = jnp.where(_has_mass(stats.lse_p), _softmax(q, stats.lse_q) - probs_p, 0.0)
     tangent = _inner(coef_p, dp) + _inner(coef_q, dq)
-    return stats.kl, tangent if scale is None else tangent * scale
+    if scale is None:
+        return stats.kl, tangent
+    tangent = tangent * scale
+    if not _is_zero(dscale):
+        # d/ds KL(softmax(s p), softmax(s q)) = <coef_p, p> + <coef_q, q>; -inf logits do not move.
+        finite_p, finite_q = p_raw > -jnp.inf, q_raw > -jnp.inf
+        slope = row_sum(jnp.where(finite_p, coef_p * jnp.where(finite_p, p_raw, 0.0), 0.0))
+        slope = slope + row_sum(jnp.where(finite_q, coef_q * jnp.where(finite_q, q_raw, 0.0), 0.0))
+        tangent = tangent + slope * dscale
+    return stats.kl, tangent
 
 
 _scaled_kl.defjvp(_kl_jvp, symbolic_zeros=True)
@@ -198,6 +216,7 @@ def _cross_entropy_jvp(primals, tangents):
     p, q = primals
     dp, dq = tangents
     stats = row_stats(map_rows(_xent_rows, p, q))
+    p, q = promote(p), promote(q)
     read = support(_softmax(p, stats.lse_p)) & (q > -jnp.inf)
     coef_p = _xent_coef_p(p, stats.lse_q[..., None] - jnp.where(read, q, 0.0), stats, read)
     coef_q = jnp.where(
@@ -219,6 +238,7 @@ def _entropy(p: Array) -> Array:
 def _entropy_jvp(primals, tangents):
     (p,), (dp,) = primals, tangents
     stats = row_stats(map_rows(lambda x: _xent_rows(x, x), p))
+    p = promote(p)
     read = support(_softmax(p, stats.lse_p))
     coef = _xent_coef_p(p, stats.lse_p[..., None] - jnp.where(read, p, 0.0), stats, read)
     return stats.value, _inner(coef, dp)
@@ -279,7 +299,7 @@ def kl_divergence(
       inf
     """
     (p, q), _ = _checks.logits(
-        (p_logits, q_logits), ("p_logits", "q_logits"), axis=axis, where=where
+        (p_logits, q_logits), ("p_logits", "q_logits"), axis=axis, where=where, broadcast=False
     )
     return _checks.in_base(_kl(p, q), base)
 
@@ -318,7 +338,7 @@ def cross_entropy(
       0.693147
     """
     (p, q), _ = _checks.logits(
-        (p_logits, q_logits), ("p_logits", "q_logits"), axis=axis, where=where
+        (p_logits, q_logits), ("p_logits", "q_logits"), axis=axis, where=where, broadcast=False
     )
     return _checks.in_base(_cross_entropy(p, q), base)
 
@@ -369,7 +389,8 @@ def cross_entropy_with_integer_labels(
         (or broadcastable to it).
       axis: the class axis of ``logits``.
       where: optional boolean mask over the logits removing classes from the
-        softmax; a label on a masked class gives ``+inf``.
+        softmax; a label on a masked class gives ``+inf``, a row with every
+        class masked gives 0 (padding) with a zero gradient.
       base: logarithm base of the result (``2`` for bits); nats by default.
 
     Returns:
@@ -387,10 +408,14 @@ def cross_entropy_with_integer_labels(
       >>> print(loss.round(6))  # -log softmax: [-log(e^2 / (e^2 + 1)), log 3]
       [0.126928 1.098612]
     """
-    (x,), _ = _checks.logits((logits,), ("logits",), axis=axis, where=where)
+    (x,), mask = _checks.class_arrays(
+        (logits,), ("logits",), axis=axis, where=where, fill=-jnp.inf, widen=False)
     batch_shape = x.shape[:-1]
     labels = _checks.integer_labels(labels, batch_shape, jnp.shape(logits))
-    return _checks.in_base(label_stats(x, labels).nll, base)
+    # A row with every class masked is padding: 0 with a zero gradient, as for
+    # every divergence (a label on a masked class among unmasked ones is +inf).
+    valid = None if mask is None else jnp.any(mask, axis=-1)
+    return _checks.in_base(label_stats(x, labels, valid=valid).nll, base)
 
 
 def validate_labels(labels: ArrayLike, num_classes: int) -> Array:

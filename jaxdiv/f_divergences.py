@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiv import _checks, _terms
-from jaxdiv._numerics import safe_sqrt
+from jaxdiv._numerics import log_softmax, safe_sqrt
 from jaxdiv._termwise import LOGITS, divergence
 from jaxdiv.categorical import _kl
 
@@ -48,16 +48,15 @@ __all__ = [
 
 def _pair(p_logits, q_logits, axis, where):
     (p, q), _ = _checks.logits(
-        (p_logits, q_logits), ("p_logits", "q_logits"), axis=axis, where=where
+        (p_logits, q_logits), ("p_logits", "q_logits"), axis=axis, where=where, broadcast=False
     )
     return p, q
 
 
 def _js(p_logits, q_logits, beta, axis, where) -> Array:
-    beta = _checks.scalar_parameter(beta, "beta", 0.0, 1.0, open_low=False, open_high=False)
     p, q = _pair(p_logits, q_logits, axis, where)
-    beta = jnp.asarray(beta, p.dtype)
-    return divergence(LOGITS, _terms.JENSEN_SHANNON, p, q, (beta, 1.0 - beta))
+    weights = tuple(jnp.asarray(w, p.dtype) for w in _checks.mixture_weights(beta))
+    return divergence(LOGITS, _terms.JENSEN_SHANNON, p, q, weights)
 
 
 def js_divergence(
@@ -234,7 +233,7 @@ def renyi_divergence(
     alpha = jnp.asarray(alpha, p.dtype)
     total = divergence(LOGITS, _terms.RENYI, p, q, (alpha,))
     value = _terms.renyi_from_total(
-        total, lambda: jax.nn.log_softmax(p, axis=-1), lambda: jax.nn.log_softmax(q, axis=-1), alpha
+        total, lambda: log_softmax(p), lambda: log_softmax(q), alpha
     )
     return _checks.in_base(value, base)
 

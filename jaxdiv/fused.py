@@ -78,7 +78,9 @@ import numpy as np
 
 from jaxdiv import _checks, _terms
 from jaxdiv._labels import LabelStats, _softcap, _softcap_slope
-from jaxdiv._numerics import expm1mx, finite_or_zero, invalid, neg_log1pmx, row_max, row_sum
+from jaxdiv._numerics import (
+    expm1mx, finite_or_zero, invalid, neg_log1pmx, row_max, row_sum, shifted_difference,
+)
 from jaxdiv._termwise import Pair, _log_ratio_field
 from jaxdiv.losses import (
     _KINDS,
@@ -516,8 +518,9 @@ def linear_cross_entropy(
       True
     """
     reduction = _checks.choice(reduction, "reduction", _REDUCTIONS)
-    _checks.scalar_parameter(label_smoothing, "label_smoothing", 0.0, 1.0, open_low=False, open_high=False)
-    _checks.scalar_parameter(z_loss, "z_loss", 0.0, np.inf, open_low=False, open_high=True)
+    label_smoothing = _checks.scalar_parameter(
+        label_smoothing, "label_smoothing", 0.0, 1.0, open_low=False, open_high=False)
+    z_loss = _checks.scalar_parameter(z_loss, "z_loss", 0.0, np.inf, open_low=False, open_high=True)
     cap = _softcap_value(logit_softcap)
     axis = _layout_axis(weight_layout)
     h, w, b, batch, vocab = _head(hidden, weight, bias, axis, ("hidden", "weight", "bias"))
@@ -603,8 +606,8 @@ def _pair(x: Array, y: Array, n: _Normalisers, correction) -> Pair:
     log_q = (y - n.shift_q[:, None]) - finite_or_zero(n.log_sum_q)[:, None]
     p, q = jnp.exp(log_p), jnp.exp(log_q)
     both = (p > 0) & (q > 0)
-    offset = (n.shift_p - n.shift_q) + (finite_or_zero(n.log_sum_p) - finite_or_zero(n.log_sum_q)) - correction
-    diff = jnp.where(both, x, 0.0) - jnp.where(both, y, 0.0)
+    offset = (finite_or_zero(n.log_sum_p) - finite_or_zero(n.log_sum_q)) - correction
+    diff = shifted_difference(x, y, n.shift_p, n.shift_q, both)
     return Pair(p, q, log_p, log_q, _log_ratio_field(p, q, diff - jnp.asarray(offset)[..., None]))
 
 

@@ -25,6 +25,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
 from jaxdiv import _checks
@@ -88,8 +89,19 @@ def _fused_or_safe(fused, safe, args):
     )
 
 
+_LOG_2 = math.log(2.0)
+
+
+def _half_expm1mx(d: Array) -> Array:
+    """``phi(d) / 2``, finite up to the dtype's largest value (``phi(d)`` alone overflows first)."""
+    large = d > 80.0
+    d_large = jnp.where(large, d, 80.0)
+    return jnp.where(large, jnp.exp(d_large - _LOG_2) - 0.5 * (1.0 + d_large), 0.5 * expm1mx(jnp.where(large, 0.0, d)))
+
+
 def _kl_terms(mp, vp, mq, vq):
-    return expm1mx(_log_ratio(vp, vq)) + _scaled_square(mp - mq, vq)
+    """The halved KL terms: the event sum of these is the KL, with no overflow before the halving."""
+    return _half_expm1mx(_log_ratio(vp, vq)) + _scaled_square(mp - mq, vq + _LOG_2)
 
 
 def _kl_terms_fused(mp, vp, mq, vq):
@@ -99,8 +111,8 @@ def _kl_terms_fused(mp, vp, mq, vq):
 @jax.custom_jvp
 def _diag_kl(mp, vp, mq, vq):
     """KL of diagonal Gaussians whose event axis is the last one."""
-    total = _fused_or_safe(_kl_terms_fused, _kl_terms, (mp, vp, mq, vq))
-    return jnp.maximum(0.5 * total, 0.0)
+    total = _fused_or_safe(lambda *a: 0.5 * _kl_terms_fused(*a), _kl_terms, (mp, vp, mq, vq))
+    return jnp.maximum(total, 0.0)
 
 
 # Closed forms: d/dv_p = expm1(d)/2, d/dv_q = -expm1(d)/2 - (dmu^2 e^{-v_q})/2,
@@ -115,10 +127,14 @@ def _diag_kl_jvp(primals, tangents):
     scaled = jnp.where(nonzero, diff, 1.0) * jnp.exp(-jnp.where(nonzero, vq, 0.0))
     coef_mean = jnp.where(nonzero, scaled, 0.0)
     coef_vq = -half_expm1 - 0.5 * _scaled_square(diff, vq)
+    # An infinite KL (a zero variance in Q, an overflow) is locally constant:
+    # its gradient is 0, as for every categorical kernel.
+    live = jnp.isfinite(value)[..., None]
     tangent = jnp.zeros_like(value)
     for coef, t in ((coef_mean, tangents[0]), (half_expm1, tangents[1]),
                     (-coef_mean, tangents[2]), (coef_vq, tangents[3])):
         if not isinstance(t, SymbolicZero):   # e.g. the fixed prior of kl_standard_normal
+            coef = jnp.where(live, jnp.broadcast_to(coef, t.shape), 0.0)
             tangent = tangent + jnp.sum(coef * t, axis=-1)
     return value, tangent
 
@@ -255,12 +271,45 @@ def kl_divergence_scale(
     (mp, sp, mq, sq), axis, where = _prepare_diag(
         (mean_p, scale_p, mean_q, scale_q), ("mean_p", "scale_p", "mean_q", "scale_q"), axis, where
     )
+    return jnp.maximum(_event_sum(_scale_kl_terms(mp, sp, mq, sq), axis, where), 0.0)
+
+
+@jax.custom_jvp
+def _scale_kl_terms(mp, sp, mq, sq):
+    """Halved KL terms from scales: ``phi(2 log(sp/sq))/2 + ((mp - mq)/sq)^2/2``, elementwise."""
     same = sp == sq
-    sq_safe = jnp.where(same | (sq == 0), 1.0, sq)
-    log_ratio = jnp.where(same, 0.0, jnp.log1p((sp - sq_safe) / sq_safe))
-    log_ratio = jnp.where(~same & (sq == 0), jnp.inf, log_ratio)
-    mean_term = _scaled_square(mp - mq, 2 * jnp.log(sq))
-    return jnp.maximum(0.5 * _event_sum(expm1mx(2 * log_ratio) + mean_term, axis, where), 0.0)
+    ok = ~same & (sq > 0)
+    sq_safe, sp_safe = jnp.where(ok, sq, 1.0), jnp.where(ok, sp, 1.0)
+    # log(sp/sq) = log1p((sp - sq)/sq): exact for nearly equal scales; -inf at sp = 0.
+    log_ratio = jnp.where(ok, jnp.log1p((sp_safe - sq_safe) / sq_safe), jnp.where(same, 0.0, jnp.inf))
+    diff = mp - mq
+    nonzero = diff != 0
+    mean_term = jnp.where(
+        nonzero & (sq > 0),
+        jnp.square(jnp.where(nonzero, diff, 0.0) / jnp.where(sq > 0, sq, 1.0)),
+        jnp.where(nonzero, jnp.inf, 0.0),
+    )
+    return _half_expm1mx(2 * log_ratio) + 0.5 * mean_term
+
+
+# Closed forms d/dsp = expm1(2l)/sp, d/dsq = -expm1(2l)/sq - dmu^2/sq^3,
+# d/dmp = -d/dmq = dmu/sq^2, and 0 where the term is infinite or a scale is 0
+# (equal point masses: the zero subgradient, where autodiff forms 0 * inf).
+@_scale_kl_terms.defjvp
+def _scale_kl_terms_jvp(primals, tangents):
+    mp, sp, mq, sq = primals
+    value = _scale_kl_terms(mp, sp, mq, sq)
+    live = jnp.isfinite(value) & (sp > 0) & (sq > 0)
+    sp_safe, sq_safe = jnp.where(live, sp, 1.0), jnp.where(live, sq, 1.0)
+    ratio = sp_safe / sq_safe
+    expm1_2l = (ratio - 1.0) * (ratio + 1.0)
+    diff = jnp.where(live, mp - mq, 0.0)
+    coef_mean = diff / (sq_safe * sq_safe)
+    coefs = (coef_mean, expm1_2l / sp_safe, -coef_mean, -expm1_2l / sq_safe - diff * coef_mean / sq_safe)
+    tangent = jnp.zeros_like(value)
+    for coef, t in zip(coefs, tangents):
+        tangent = tangent + jnp.where(live, coef, 0.0) * t
+    return value, tangent
 
 
 def cross_entropy(
@@ -286,7 +335,12 @@ def cross_entropy(
         axis,
         where,
     )
-    terms = _LOG_2PI + vq + jnp.exp(_log_ratio(vp, vq)) + _scaled_square(mp - mq, vq)
+    # A point mass Q (log_var_q = -inf): +inf, or -inf for the same point mass P.
+    finite_q = vq > -jnp.inf
+    vq_safe = jnp.where(finite_q, vq, 0.0)
+    terms = _LOG_2PI + vq_safe + jnp.exp(_log_ratio(vp, vq_safe)) + _scaled_square(mp - mq, vq_safe)
+    same_point = (vp == -jnp.inf) & (mp == mq)
+    terms = jnp.where(finite_q, terms, jnp.where(same_point, -jnp.inf, jnp.inf))
     return 0.5 * _event_sum(terms, axis, where)
 
 
@@ -324,7 +378,31 @@ def _prepare_tril(mean_p, scale_tril_p, mean_q=None, scale_tril_q=None):
             )
     if len({m.shape[-1] for m in means}) > 1:
         raise ValueError(f"expected the same event size d for P and Q, got {described}.")
+    batches = [m.shape[:-1] for m in means] + [f.shape[:-2] for f in factors]
+    try:
+        np.broadcast_shapes(*batches)
+    except ValueError:
+        raise ValueError(
+            f"expected batch dimensions (all but the event axes) that broadcast against "
+            f"each other, got {described}."
+        ) from None
     return arrays
+
+
+def _singular_or_same(mp, lp, mq, lq, value: Array) -> Array:
+    """``value`` with the conventions the solves cannot give: equal Gaussians are exactly 0
+    apart, and a singular ``scale_tril_q`` (a zero on its diagonal) makes Q degenerate: ``+inf``."""
+    same = jnp.all(lp == lq, axis=(-2, -1)) & jnp.all(mp == mq, axis=-1)
+    singular = jnp.any(jnp.diagonal(lq, axis1=-2, axis2=-1) == 0, axis=-1)
+    return jnp.where(same, 0.0, jnp.where(singular, jnp.inf, value))
+
+
+def _nonsingular(scale_tril: Array) -> Array:
+    """``scale_tril`` with a singular factor replaced by the identity, so the solves stay finite
+    (and NaN-free under autodiff) in the batch entries that :func:`_singular_or_same` overrides."""
+    singular = jnp.any(jnp.diagonal(scale_tril, axis1=-2, axis2=-1) == 0, axis=-1)
+    eye = jnp.eye(scale_tril.shape[-1], dtype=scale_tril.dtype)
+    return jnp.where(singular[..., None, None], eye, scale_tril)
 
 
 def _log_abs_diag(scale_tril: Array) -> Array:
@@ -369,17 +447,18 @@ def kl_divergence_tril(
       1.0
     """
     mp, lp, mq, lq = _prepare_tril(mean_p, scale_tril_p, mean_q, scale_tril_q)
-    lp, lq = jnp.tril(lp), jnp.tril(lq)
+    lp, lq_given = jnp.tril(lp), jnp.tril(lq)
+    lq = _nonsingular(lq_given)
     m = _solve(lq, lp)
     z = _solve(lq, (mp - mq)[..., None])[..., 0]
     log_diag_ratio = _log_ratio(_log_abs_diag(lp), _log_abs_diag(lq))
     off_diagonal = jnp.tril(m, -1)
     terms = (
-        jnp.sum(off_diagonal**2, axis=(-2, -1))
-        + jnp.sum(expm1mx(2 * log_diag_ratio), axis=-1)
-        + jnp.sum(z**2, axis=-1)
+        0.5 * jnp.sum(off_diagonal**2, axis=(-2, -1))
+        + jnp.sum(_half_expm1mx(2 * log_diag_ratio), axis=-1)
+        + 0.5 * jnp.sum(z**2, axis=-1)
     )
-    return jnp.maximum(0.5 * terms, 0.0)
+    return _singular_or_same(mp, lp, mq, lq_given, jnp.maximum(terms, 0.0))
 
 
 def cross_entropy_tril(
@@ -387,16 +466,20 @@ def cross_entropy_tril(
 ) -> Array:
     r""":math:`H(P, Q) = \frac12[d \log 2\pi + \log\det\Sigma_q + \mathrm{tr}(\Sigma_q^{-1}\Sigma_p) + \|z\|^2]`."""
     mp, lp, mq, lq = _prepare_tril(mean_p, scale_tril_p, mean_q, scale_tril_q)
-    lp, lq = jnp.tril(lp), jnp.tril(lq)
+    lp, lq_given = jnp.tril(lp), jnp.tril(lq)
+    lq = _nonsingular(lq_given)
     m = _solve(lq, lp)
     z = _solve(lq, (mp - mq)[..., None])[..., 0]
     d = mp.shape[-1]
-    return 0.5 * (
+    value = 0.5 * (
         d * _LOG_2PI
         + 2 * jnp.sum(_log_abs_diag(lq), axis=-1)
         + jnp.sum(m**2, axis=(-2, -1))
         + jnp.sum(z**2, axis=-1)
     )
+    # A degenerate Q: +inf (a density against a point mass), as for the diagonal form.
+    singular = jnp.any(jnp.diagonal(lq_given, axis1=-2, axis2=-1) == 0, axis=-1)
+    return jnp.where(singular, jnp.inf, value)
 
 
 def entropy_tril(scale_tril: ArrayLike) -> Array:

@@ -59,9 +59,13 @@ _REDUCTIONS = ("none", "sum", "mean")
 
 
 def _safe_divide(num: Array, den: Array) -> Array:
-    """``num / den``, and 0 (with a zero gradient) where ``den`` is 0: an empty batch."""
+    """``num / den``, and 0 (with a zero gradient) where ``den`` is 0: an empty batch.
+
+    A NaN numerator or denominator (an out-of-range label's weight) stays NaN.
+    """
     ok = den > 0
-    return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
+    empty = (den == 0) & ~jnp.isnan(num)
+    return jnp.where(ok, num / jnp.where(ok, den, 1.0), jnp.where(empty, 0.0, jnp.nan))
 
 
 def _reduce(values: Array, weights: Array, reduction: str) -> Array:
@@ -119,6 +123,13 @@ def _class_weights(class_weights, num_classes: int, dtype) -> Optional[Array]:
             f"got shape {tuple(w.shape)}."
         )
     return jax.lax.stop_gradient(w.astype(dtype))
+
+
+def _label_weight(weights: Array, target: Array) -> Array:
+    """``weights[target]``, NaN for a label outside ``[0, C)``: indexing would clamp
+    it onto the last class and hide the NaN of its loss behind that class's weight."""
+    in_range = (target >= 0) & (target < weights.shape[0])
+    return jnp.where(in_range, weights[jnp.clip(target, 0, weights.shape[0] - 1)], jnp.nan)
 
 
 def _softcap_value(logit_softcap) -> Optional[float]:
@@ -224,8 +235,9 @@ def softmax_cross_entropy(
       0.495866 1.00
     """
     reduction = _checks.choice(reduction, "reduction", _REDUCTIONS)
-    _checks.scalar_parameter(label_smoothing, "label_smoothing", 0.0, 1.0, open_low=False, open_high=False)
-    _checks.scalar_parameter(z_loss, "z_loss", 0.0, np.inf, open_low=False, open_high=True)
+    label_smoothing = _checks.scalar_parameter(
+        label_smoothing, "label_smoothing", 0.0, 1.0, open_low=False, open_high=False)
+    z_loss = _checks.scalar_parameter(z_loss, "z_loss", 0.0, np.inf, open_low=False, open_high=True)
     cap = _softcap_value(logit_softcap)
     labels = jnp.asarray(labels)
     integer = jnp.issubdtype(labels.dtype, jnp.integer)
@@ -233,6 +245,15 @@ def softmax_cross_entropy(
         (x,), num_classes = _checks.logits((logits,), ("logits",), axis=axis, where=None)
         target = _checks.integer_labels(labels, x.shape[:-1], jnp.shape(logits))
     elif jnp.issubdtype(labels.dtype, jnp.floating):
+        logits_shape = jnp.shape(logits)
+        batch_of_logits = (
+            tuple(np.delete(logits_shape, axis)) if -len(logits_shape) <= axis < len(logits_shape) else None)
+        if labels.shape == batch_of_logits:
+            raise TypeError(
+                f"floating labels are soft labels (target probabilities of the logits' shape "
+                f"{tuple(logits_shape)}), got labels shape {labels.shape} of dtype {labels.dtype}: "
+                "class indices must be an integer array (labels.astype(int))."
+            )
         if ignore_index is not None:
             raise ValueError(
                 "ignore_index applies to integer labels; got floating (soft) labels "
@@ -248,6 +269,7 @@ def softmax_cross_entropy(
             f"probabilities, got dtype {labels.dtype}."
         )
     batch = x.shape[:-1]
+    dtype = jnp.result_type(x.dtype, jnp.float32)   # 16-bit logits: a float32 loss
     valid = _checks.positions(
         where, batch, f"the logits shape {tuple(jnp.shape(logits))} without its class axis"
     )
@@ -256,15 +278,15 @@ def softmax_cross_entropy(
         valid = kept if valid is None else valid & kept
     if integer and valid is not None:
         target = jnp.where(valid, target, 0)
-    weights = _class_weights(class_weights, num_classes, x.dtype)
+    weights = _class_weights(class_weights, num_classes, dtype)
     smoothing = not _is_static_zero(label_smoothing)
     stats = label_stats(
         x, target, valid=valid, weights=weights, softcap=cap, smoothing=smoothing
     )
 
     return _cross_entropy_from_stats(
-        stats, valid, batch, x.dtype,
-        label_weight=None if (weights is None or not integer) else weights[target],
+        stats, valid, batch, dtype,
+        label_weight=None if (weights is None or not integer) else _label_weight(weights, target),
         label_smoothing=label_smoothing, smoothing=smoothing, z_loss=z_loss,
         reduction=reduction, return_aux=return_aux, integer=integer,
     )
@@ -285,8 +307,9 @@ def _cross_entropy_from_stats(
     eps = jnp.asarray(label_smoothing, dtype)
     coef = (1.0 - eps) * (label_weight if integer else counts)
     # coef = 0 (eps = 1, a zero class weight, a masked row) switches the term
-    # off even where -log Q_y is +inf.
-    xent = jnp.where(coef > 0, coef * stats.nll, 0.0)
+    # off even where -log Q_y is +inf; a NaN (an out-of-range label, NaN
+    # logits) stays, whatever weight its clamped label happened to pick.
+    xent = jnp.where(coef > 0, coef * stats.nll, jnp.where(jnp.isnan(stats.nll), jnp.nan, 0.0))
     if smoothing:
         xent = xent + eps * stats.uniform_nll
     lse = jnp.where(counts > 0, stats.log_normaliser, 0.0)
@@ -377,9 +400,10 @@ def distillation_loss(
     """
     reduction = _checks.choice(reduction, "reduction", _REDUCTIONS)
     kind = _checks.choice(kind, "kind", _KINDS)
-    _checks.scalar_parameter(temperature, "temperature", 0.0, np.inf, open_low=True, open_high=True)
+    temperature = _checks.scalar_parameter(
+        temperature, "temperature", 0.0, np.inf, open_low=True, open_high=True)
     if kind == "jsd":
-        _checks.scalar_parameter(beta, "beta", 0.0, 1.0, open_low=True, open_high=True)
+        beta = _checks.scalar_parameter(beta, "beta", 0.0, 1.0, open_low=True, open_high=True)
     (s, t), _ = _checks.logits(
         (student_logits, teacher_logits), ("student_logits", "teacher_logits"),
         axis=axis, where=None,
@@ -391,7 +415,8 @@ def distillation_loss(
     if not teacher_gradient:
         t = jax.lax.stop_gradient(t)
     unit_temperature = _checks._is_concrete(temperature) and float(temperature) == 1.0
-    inverse = None if unit_temperature else jax.lax.stop_gradient(1.0 / jnp.asarray(temperature, s.dtype))
+    # Differentiable: a learned temperature gets d/dT of T^2 D(softmax(t/T), softmax(s/T)).
+    inverse = None if unit_temperature else 1.0 / jnp.asarray(temperature, jnp.result_type(s.dtype, jnp.float32))
     # A masked position is a row without support: 0, zero gradient, never read.
     # The KL kernel applies 1/T and the mask inside its row blocks; JS gets
     # tempered, masked logits.
@@ -586,7 +611,7 @@ def binary_cross_entropy(
     """
     reduction = _checks.choice(reduction, "reduction", _REDUCTIONS)
     x = _checks.float_array(logits, "logits")
-    y = _checks.float_array(labels, "labels")
+    y = _checks.float_array(labels, "labels", counts=True)   # 0/1 integer labels, as optax takes
     w = None if pos_weight is None else _checks.float_array(pos_weight, "pos_weight")
     arrays = [("logits", x), ("labels", y)] + ([] if w is None else [("pos_weight", w)])
     try:
@@ -665,7 +690,7 @@ def vae_kl(
       0.2000
     """
     reduction = _checks.choice(reduction, "reduction", _REDUCTIONS)
-    _checks.scalar_parameter(free_bits, "free_bits", 0.0, np.inf, open_low=False, open_high=True)
+    free_bits = _checks.scalar_parameter(free_bits, "free_bits", 0.0, np.inf, open_low=False, open_high=True)
     floored = not _is_static_zero(free_bits)
     if floored and reduction == "none":
         raise ValueError(

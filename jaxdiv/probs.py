@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiv import _checks, _terms
-from jaxdiv._numerics import safe_sqrt
+from jaxdiv._numerics import log_normalised, safe_sqrt
 from jaxdiv._termwise import PROBS, Terms, divergence
 
 Array = jax.Array
@@ -133,8 +133,8 @@ def js_divergence(
 
     ``scipy.spatial.distance.jensenshannon(p, q, base) ** 2`` at ``beta=0.5``.
     """
-    beta = _checks.scalar_parameter(beta, "beta", 0.0, 1.0, open_low=False, open_high=False)
-    value = _pairwise(_terms.JENSEN_SHANNON, p, q, (beta, 1.0 - beta), axis, where, eps)
+    weights = _checks.mixture_weights(beta)
+    value = _pairwise(_terms.JENSEN_SHANNON, p, q, weights, axis, where, eps)
     return _checks.in_base(value, base)
 
 
@@ -193,10 +193,5 @@ def renyi_divergence(
     x, y = _checks.probabilities((p, q), ("p", "q"), axis=axis, where=where, eps=eps)
     alpha = jnp.asarray(alpha, x.dtype)
     total = divergence(PROBS, _terms.RENYI, x, y, (alpha,))
-    value = _terms.renyi_from_total(total, lambda: _log_normalised(x), lambda: _log_normalised(y), alpha)
+    value = _terms.renyi_from_total(total, lambda: log_normalised(x), lambda: log_normalised(y), alpha)
     return _checks.in_base(value, base)
-
-
-def _log_normalised(x: Array) -> Array:
-    total = jnp.sum(x, axis=-1, keepdims=True)
-    return jnp.log(x) - jnp.log(jnp.where(total > 0, total, 1.0))

@@ -432,16 +432,20 @@ def test_eager_jit_vmap_and_broadcasting_agree(rng, name):
     np.testing.assert_allclose(f(one, q), f(np.broadcast_to(one, q.shape), q), rtol=1e-6)
 
 
-def test_no_retrace_on_second_call(rng):
+def test_traced_alpha_and_beta_compile_once_and_match_static(rng):
+    """alpha and beta may be traced (a sweep, a schedule): one trace serves every value."""
     traces = []
 
     @jax.jit
-    def loss(p, q):
+    def loss(p, q, alpha, beta):
         traces.append(1)
-        return jaxdiv.js_divergence(p, q).sum() + jaxdiv.renyi_divergence(p, q, 2.0).sum()
+        return jaxdiv.js_divergence(p, q, beta=beta), jaxdiv.renyi_divergence(p, q, alpha)
 
-    loss(logits(rng, (4, 6)), logits(rng, (4, 6)))
-    loss(logits(rng, (4, 6)), logits(rng, (4, 6)))
+    p, q = logits(rng, (4, 6)), logits(rng, (4, 6))
+    for alpha, beta in ((2.0, 0.5), (0.3, 0.1), (5.0, 0.9)):
+        js, renyi = loss(p, q, alpha, beta)
+        np.testing.assert_allclose(js, jaxdiv.js_divergence(p, q, beta=beta), rtol=1e-6)
+        np.testing.assert_allclose(renyi, jaxdiv.renyi_divergence(p, q, alpha), rtol=1e-6)
     assert len(traces) == 1
 
 

@@ -239,13 +239,15 @@ def test_axis_jit_vmap_and_no_retrace(rng):
     np.testing.assert_allclose(moved, losses.softmax_cross_entropy(np.moveaxis(x, 1, -1), y, **kw), rtol=1e-6)
     traces = []
 
+    # Smoothing and z-loss weights may be traced (schedules): one trace for all values.
     @jax.jit
-    def f(a, b):
+    def f(a, b, smoothing, z):
         traces.append(1)
-        return losses.softmax_cross_entropy(a, b, **kw)
+        return losses.softmax_cross_entropy(a, b, label_smoothing=smoothing, z_loss=z, reduction="none")
 
-    np.testing.assert_allclose(f(x[:, :, 0], y[:, 0]), losses.softmax_cross_entropy(x[:, :, 0], y[:, 0], **kw), rtol=1e-6)
-    f(x[:, :, 1], y[:, 1])
+    for smoothing, z in ((0.1, 1e-3), (0.3, 1e-2)):
+        want = losses.softmax_cross_entropy(x[:, :, 0], y[:, 0], label_smoothing=smoothing, z_loss=z, reduction="none")
+        np.testing.assert_allclose(f(x[:, :, 0], y[:, 0], smoothing, z), want, rtol=1e-6)
     assert len(traces) == 1
     batched = jax.vmap(lambda a, b: losses.softmax_cross_entropy(a, b, **kw), in_axes=(2, 1))(x, y)
     np.testing.assert_allclose(batched.T, moved, rtol=1e-6)

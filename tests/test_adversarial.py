@@ -1,0 +1,296 @@
+"""Regressions of issue 14: silent wrong values, NaN leaks and memory under hostile input.
+
+Every reference is computed here in float64 (NumPy/SciPy) from the same
+float32 values, never by jaxdiv itself. Each test names the item it guards.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.spatial.distance
+import scipy.special
+import scipy.stats
+
+import jaxdiv
+from jaxdiv import gaussian, losses, probs
+from tests.inputs import rel_err
+
+f32 = np.float32
+
+
+def _kl64(x, y):
+    """float64 KL of normalised non-negative rows, summed as P (expm1(d) - d): no cancellation."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    p, q = x / x.sum(-1, keepdims=True), y / y.sum(-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = np.log(q / p)
+        terms = np.where(p > 0, np.where(q > 0, p * (np.expm1(d) - d), np.inf), 0.0)
+    return terms.sum(-1) + np.where(p > 0, 0.0, q).sum(-1)
+
+
+def _log_softmax64(x):
+    x = np.asarray(x, np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+# ------------------------------------------------- 1. probs: ratios and totals
+
+
+@pytest.mark.parametrize(
+    "p, q",
+    [
+        ([1e-8, 1.0], [1.0, 1.0]),
+        ([3.0, 0.0, 1.0], [1e8, 2.0, 5.0]),
+        ([1e8, 1.0, 1.0], [1.0, 1.0, 1e8]),
+        ([2e-30, 5e-31, 1e-30], [1.0, 3.0, 2.0]),       # totals of 1e-30
+        ([3e38, 1e38, 2e38], [1e37, 3e38, 3e38]),       # sums overflow float32
+    ],
+)
+def test_probs_tiny_ratios_and_extreme_totals_match_scipy(p, q):
+    p, q = f32(p), f32(q)
+    want = scipy.stats.entropy(p.astype(np.float64), q.astype(np.float64))
+    assert rel_err(probs.kl_divergence(p, q), want) < 1e-5
+    tv = 0.5 * np.abs(p / p.astype(np.float64).sum() - q / q.astype(np.float64).sum()).sum()
+    assert rel_err(probs.total_variation(p, q), tv) < 1e-5
+    js = scipy.spatial.distance.jensenshannon(p.astype(np.float64), q.astype(np.float64)) ** 2
+    assert rel_err(probs.js_divergence(p, q), js) < 1e-5
+    grad = jax.grad(probs.kl_divergence)(p, q)
+    assert np.all(np.isfinite(grad))
+
+
+def test_probs_renyi_far_apart_histograms():
+    p, q = f32([1e8, 1, 1]), f32([1, 1, 1e8])
+    pp, qq = p / p.astype(np.float64).sum(), q / q.astype(np.float64).sum()
+    want = np.log(np.sum(pp**0.5 * qq**0.5)) / -0.5
+    assert rel_err(probs.renyi_divergence(p, q, 0.5), want) < 1e-5
+
+
+@pytest.mark.parametrize("total", [1.0, 3.0, 1e6, 1e-30])
+@pytest.mark.parametrize("eps", [1e-2, 1e-4, 1e-6])
+def test_probs_counts_against_probabilities_nearly_identical(total, eps):
+    """A small window's counts against reference probabilities: any totals, KL down to ~1e-13."""
+    rng = np.random.default_rng(7)
+    counts = np.round(rng.random((8, 50)) * 1e4).astype(f32) + 1
+    q = (counts / counts.sum(-1, keepdims=True) * (1 + eps * rng.standard_normal(counts.shape)) * total).astype(f32)
+    got = jax.jit(probs.kl_divergence)(counts, q)
+    assert rel_err(got, _kl64(counts, q)) < 1e-5
+    assert rel_err(probs.kl_divergence(q, counts), _kl64(q, counts)) < 1e-5
+
+
+def test_probs_million_bin_histograms():
+    rng = np.random.default_rng(3)
+    a = rng.integers(1, 6, 1_000_000).astype(f32)
+    b = rng.integers(1, 6, 1_000_000).astype(f32)
+    assert rel_err(probs.kl_divergence(a, b), scipy.stats.entropy(a.astype(np.float64), b.astype(np.float64))) < 1e-5
+
+
+def test_probs_accept_integer_counts_like_scipy():
+    a, b = np.bincount([0, 1, 1, 2, 2, 2]), np.bincount([0, 0, 1, 2, 2, 2])
+    assert rel_err(probs.kl_divergence(a, b), scipy.stats.entropy(a, b)) < 1e-6
+    assert rel_err(probs.entropy(a), scipy.stats.entropy(a)) < 1e-6
+
+
+# ---------------------------------------------------- 2. offsets and overflow
+
+
+@pytest.mark.parametrize("offset", [1e3, 1e4, 1e6])
+def test_kl_with_an_offset_between_p_and_q_logits(offset):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 100)).astype(f32)
+    y = (x + 0.1 * rng.standard_normal(x.shape)).astype(f32)
+    p = x + f32(offset)
+    lp, lq = _log_softmax64(p), _log_softmax64(y)
+    want = np.sum(np.exp(lp) * (lp - lq), -1)
+    assert rel_err(jaxdiv.kl_divergence(p, y), want) < 1e-5
+    assert rel_err(losses.distillation_loss(y, p, reduction="none"), want) < 1e-5
+
+
+@pytest.mark.parametrize("fill", [-1e30, float(np.finfo(np.float32).min)])
+def test_uniform_huge_negative_row_is_uniform(fill):
+    p, q = np.full(3, fill, f32), f32([0, 1, 2])
+    uniform = np.full(3, 1 / 3)
+    qq = np.exp(_log_softmax64(q))
+    assert rel_err(jaxdiv.total_variation(p, q), 0.5 * np.abs(uniform - qq).sum()) < 1e-5
+    js = scipy.spatial.distance.jensenshannon(uniform, qq) ** 2
+    assert rel_err(jaxdiv.js_divergence(p, q), js) < 1e-5
+    assert rel_err(jaxdiv.kl_divergence(p, q), scipy.stats.entropy(uniform, qq)) < 1e-5
+
+
+def test_logit_differences_that_overflow_give_inf_or_the_bound_never_nan():
+    p, q = f32([3e38, -3e38]), f32([-3e38, 3e38])
+    assert jaxdiv.kl_divergence(p, q) == np.inf
+    assert rel_err(jaxdiv.js_divergence(p, q), np.log(2)) < 1e-6
+    assert rel_err(jaxdiv.total_variation(p, q), 1.0) < 1e-6
+    assert rel_err(jaxdiv.hellinger_distance(p, q), 1.0) < 1e-6
+    assert jaxdiv.jeffreys_divergence(p, q) == np.inf
+    assert jaxdiv.renyi_divergence(p, q, 2.0) == np.inf
+    assert losses.distillation_loss(q, p) == np.inf
+    assert rel_err(losses.distillation_loss(q, p, kind="jsd"), np.log(2)) < 1e-6
+    for fn in (jaxdiv.kl_divergence, jaxdiv.js_divergence, jaxdiv.total_variation,
+               jaxdiv.hellinger_distance, lambda a, b: jaxdiv.renyi_divergence(a, b, 2.0)):
+        for g in jax.grad(fn, argnums=(0, 1))(p, q):
+            assert not np.any(np.isnan(g))
+
+
+# ------------------------------------------------------- 3. Renyi fallback
+
+
+@pytest.mark.parametrize("alpha", [0.5, 2.0, 3.0])
+def test_renyi_gradient_of_valid_rows_survives_a_fallback_row(alpha):
+    p = f32([[1, 2, 3], [1e8, 1, 1], [1, 0, 0]])
+    q = f32([[1, 1, 2], [1, 1, 1e8], [0, 1, 0]])
+    grad = jax.jit(jax.grad(lambda x: probs.renyi_divergence(x, q, alpha).sum()))(p)
+    assert not np.any(np.isnan(grad))
+    own = jax.grad(lambda x: probs.renyi_divergence(x, q[:1], alpha).sum())(p[:1])
+    np.testing.assert_allclose(grad[:1], own, rtol=1e-5)
+    x = f32([[0, 1, 2], [0, -40, -40], [-np.inf] * 3])
+    y = f32([[1, 1, 1], [-40, 0, -40], [0, 0, 0]])
+    for fn in (lambda a: jaxdiv.renyi_divergence(a, y, alpha), lambda a: jaxdiv.renyi_divergence(y, a, alpha)):
+        g = jax.jit(jax.grad(lambda a: fn(a).sum()))(x)
+        assert not np.any(np.isnan(g))
+
+
+@pytest.mark.parametrize("alpha", [0.2, 0.5, 2.0])
+def test_renyi_against_q_without_support_is_inf(alpha):
+    assert jaxdiv.renyi_divergence(f32([0, 0]), f32([-np.inf, -np.inf]), alpha) == np.inf
+    assert probs.renyi_divergence(f32([1, 1]), f32([0, 0]), alpha) == np.inf
+
+
+# --------------------------------------------- 4. class weights, 8. masked row
+
+
+def test_out_of_range_label_with_class_weights_is_nan():
+    x = f32([[1, 2, 3], [0, 0, 0]])
+    w = f32([1, 1, 0])
+    for reduction in ("mean", "sum"):
+        assert np.isnan(losses.softmax_cross_entropy(x, jnp.array([5, 0]), class_weights=w, reduction=reduction))
+    per = losses.softmax_cross_entropy(x, jnp.array([5, 0]), class_weights=w, reduction="none")
+    assert np.isnan(per[0]) and np.isfinite(per[1])
+
+
+def test_fully_masked_row_of_integer_label_cross_entropy_is_zero():
+    x = f32([[1, 2, 3], [1, 2, 3]])
+    where = np.array([[False] * 3, [True, True, False]])
+    loss = jaxdiv.cross_entropy_with_integer_labels(x, jnp.array([0, 2]), where=where)
+    assert loss[0] == 0.0 and loss[1] == np.inf
+    grad = jax.grad(lambda a: jaxdiv.cross_entropy_with_integer_labels(a, jnp.array([0, 1]), where=where).sum())(x)
+    np.testing.assert_array_equal(grad[0], 0.0)
+
+
+# ------------------------------------------------ 5. temperature, traced params
+
+
+def test_distillation_temperature_gradient_matches_finite_differences(x64):
+    s = np.array([[1.0, 0.0, -1.0, -np.inf], [0.3, 2.0, -0.5, 0.1]])
+    t = np.array([[2.0, 0.0, -2.0, -np.inf], [0.0, 1.0, 1.0, -3.0]])
+    for kind in ("forward_kl", "reverse_kl", "jsd"):
+        f = lambda temp: losses.distillation_loss(s, t, temperature=temp, kind=kind)
+        h = 1e-6
+        fd = (f(2.0 + h) - f(2.0 - h)) / (2 * h)
+        assert rel_err(jax.grad(f)(2.0), fd) < 1e-6
+
+
+def test_traced_out_of_range_hyperparameters_give_nan():
+    s, t = f32([[1, 0, -1]]), f32([[2, 0, -2]])
+    labels = jnp.array([0])
+    cases = [
+        lambda v: losses.distillation_loss(s, t, temperature=v),
+        lambda v: losses.distillation_loss(s, t, kind="jsd", beta=v + 2.0),
+        lambda v: jaxdiv.renyi_divergence(s, t, v),
+        lambda v: jaxdiv.js_divergence(s, t, beta=v - 1.0),
+        lambda v: probs.js_divergence(jnp.exp(s), jnp.exp(t), beta=v + 4.0),
+        lambda v: losses.softmax_cross_entropy(s, labels, label_smoothing=v + 4.0),
+        lambda v: losses.softmax_cross_entropy(s, labels, z_loss=v),
+        lambda v: probs.kl_divergence(jnp.exp(s), jnp.exp(t), eps=v),
+    ]
+    for case in cases:
+        assert np.all(np.isnan(jax.jit(case)(-2.0)))
+    # a negative count stays invalid even when the pseudo-count would lift it
+    assert np.isnan(jax.jit(lambda e: probs.kl_divergence(f32([-0.5, 1]), f32([1, 1]), eps=e))(1.0))
+
+
+# --------------------------------------------------------------- 6. Gaussian
+
+
+def test_gaussian_edge_cases():
+    z = f32([0.0])
+    assert np.array_equal(jax.grad(lambda s: gaussian.kl_divergence_scale(z, s, z, z))(z), [0.0])
+    assert np.array_equal(jax.grad(lambda v: gaussian.kl_divergence(z, v, z, f32([-np.inf])))(z), [0.0])
+    assert gaussian.cross_entropy(z, z, z, f32([-np.inf])) == np.inf
+    assert gaussian.kl_divergence_tril(f32([0, 0]), jnp.eye(2), f32([0, 0]), f32([[1, 0], [0, 0]])) == np.inf
+    assert gaussian.cross_entropy_tril(f32([0, 0]), jnp.eye(2), f32([0, 0]), f32([[1, 0], [0, 0]])) == np.inf
+    g = jax.grad(lambda l: gaussian.kl_divergence_tril(f32([0, 1]), jnp.eye(2), f32([0, 1]), l))(f32([[1, 0], [0, 0]]))
+    assert not np.any(np.isnan(g))
+    factor = f32([[1.3, 0.0], [0.39, 2.6]])
+    assert gaussian.kl_divergence_tril(f32([0.1, 0.2]), factor, f32([0.1, 0.2]), factor) == 0.0
+    # KL = (e^88.9 - 89.9) / 2 fits in float32 while e^88.9 itself does not
+    want = 0.5 * (np.exp(np.float64(f32(88.9))) - 1 - np.float64(f32(88.9)))
+    assert rel_err(gaussian.kl_divergence(z, f32([88.9]), z, z), want) < 1e-5
+
+
+def test_tril_batch_mismatch_names_arguments_and_shapes():
+    with pytest.raises(ValueError, match=r"mean_p shape \(3, 2\).*mean_q shape \(4, 2\)"):
+        gaussian.kl_divergence_tril(jnp.zeros((3, 2)), jnp.eye(2), jnp.zeros((4, 2)), jnp.eye(2))
+
+
+# ------------------------------------------------------------- 7. JS mirror
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.01, 1 / 3, 0.7, 0.123456789])
+def test_js_beta_mirror_is_exact_for_non_dyadic_beta(beta):
+    rng = np.random.default_rng(1)
+    p, q = rng.standard_normal((2, 500, 5)).astype(f32)
+    np.testing.assert_array_equal(jaxdiv.js_divergence(p, q, beta=beta), jaxdiv.js_divergence(q, p, beta=1 - beta))
+    a, b = np.exp(p), np.exp(q)
+    np.testing.assert_array_equal(probs.js_divergence(a, b, beta=beta), probs.js_divergence(b, a, beta=1 - beta))
+
+
+# ------------------------------------------------------------ usability
+
+
+def test_binary_cross_entropy_takes_integer_labels():
+    x = f32([2.0, -1.0, 0.5])
+    np.testing.assert_allclose(
+        losses.binary_cross_entropy(x, np.array([1, 0, 1])), losses.binary_cross_entropy(x, f32([1, 0, 1])))
+
+
+def test_float_class_indices_are_told_they_are_soft_labels():
+    with pytest.raises(TypeError, match="soft labels"):
+        losses.softmax_cross_entropy(f32([[1, 2, 3]]), f32([2.0]))
+    with pytest.raises(TypeError, match="soft labels"):
+        jaxdiv.cross_entropy_with_integer_labels(f32([[1, 2, 3]]), f32([2.0]))
+
+
+def test_python_float_does_not_widen_float32_under_x64(x64):
+    assert jaxdiv.kl_divergence(jnp.zeros(3, jnp.float32), 0.0).dtype == jnp.float32
+    assert probs.kl_divergence(jnp.ones(3, jnp.float32), 1.0).dtype == jnp.float32
+
+
+# ------------------------------------------------------------------ memory
+
+
+def _temps(fn, *shapes):
+    return jax.jit(fn).lower(*shapes).compile().memory_analysis().temp_size_in_bytes
+
+
+def test_memory_reference_row_against_a_batch_is_not_broadcast():
+    row = jax.ShapeDtypeStruct((32000,), jnp.float32)
+    batch = jax.ShapeDtypeStruct((1024, 32000), jnp.float32)
+    one_input = 1024 * 32000 * 4
+    for fn in (jaxdiv.kl_divergence, jaxdiv.js_divergence, jaxdiv.total_variation):
+        assert _temps(fn, row, batch) < 0.15 * one_input   # was 1.0-1.05x (the broadcast row)
+
+
+def test_memory_bfloat16_inputs_are_widened_block_by_block():
+    x = jax.ShapeDtypeStruct((1024, 32000), jnp.bfloat16)
+    labels = jax.ShapeDtypeStruct((1024,), jnp.int32)
+    bf16_input = 1024 * 32000 * 2
+    loss = jax.value_and_grad(lambda a, y: losses.softmax_cross_entropy(a, y))
+    assert _temps(loss, x, labels) < 0.1 * bf16_input   # was 2x (a float32 copy)
+    # Label smoothing's backward still widens the logits once (one float32 copy).
+    smoothed = jax.value_and_grad(lambda a, y: losses.softmax_cross_entropy(a, y, label_smoothing=0.1))
+    assert _temps(smoothed, x, labels) <= 2.05 * bf16_input
+    # The KL forward still holds one copy of the inputs' bits for its loop (was a float32 copy of both).
+    assert _temps(jaxdiv.kl_divergence, x, x) <= 2.05 * bf16_input
