@@ -94,9 +94,10 @@ _LOG_2 = math.log(2.0)
 
 def _half_expm1mx(d: Array) -> Array:
     """``phi(d) / 2``, finite up to the dtype's largest value (``phi(d)`` alone overflows first)."""
-    large = d > 80.0
+    large = (d > 80.0) & (d < jnp.inf)
     d_large = jnp.where(large, d, 80.0)
-    return jnp.where(large, jnp.exp(d_large - _LOG_2) - 0.5 * (1.0 + d_large), 0.5 * expm1mx(jnp.where(large, 0.0, d)))
+    half = jnp.where(large, jnp.exp(d_large - _LOG_2) - 0.5 * (1.0 + d_large), 0.5 * expm1mx(jnp.where(large, 0.0, d)))
+    return jnp.where(d == jnp.inf, jnp.inf, half)
 
 
 def _kl_terms(mp, vp, mq, vq):

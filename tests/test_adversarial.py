@@ -292,5 +292,6 @@ def test_memory_bfloat16_inputs_are_widened_block_by_block():
     # Label smoothing's backward still widens the logits once (one float32 copy).
     smoothed = jax.value_and_grad(lambda a, y: losses.softmax_cross_entropy(a, y, label_smoothing=0.1))
     assert _temps(smoothed, x, labels) <= 2.05 * bf16_input
-    # The KL forward still holds one copy of the inputs' bits for its loop (was a float32 copy of both).
-    assert _temps(jaxdiv.kl_divergence, x, x) <= 2.05 * bf16_input
+    # The KL forward still holds one copy of both inputs' bits for its loop plus its
+    # blocks (was a float32 copy of both: 4x).
+    assert _temps(jaxdiv.kl_divergence, x, x) <= 2.25 * bf16_input
