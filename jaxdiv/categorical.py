@@ -34,6 +34,7 @@ import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
 from jaxdiv import _checks
+from jaxdiv._dispatch import eager_jit
 from jaxdiv._labels import label_stats
 from jaxdiv._numerics import (
     LogRatio,
@@ -251,6 +252,7 @@ _entropy = recompute_in_backward(_entropy)
 # ------------------------------------------------------------------ public API
 
 
+@eager_jit
 def kl_divergence(
     p_logits: ArrayLike,
     q_logits: ArrayLike,
@@ -304,6 +306,7 @@ def kl_divergence(
     return _checks.in_base(_kl(p, q), base)
 
 
+@eager_jit
 def cross_entropy(
     p_logits: ArrayLike,
     q_logits: ArrayLike,
@@ -343,6 +346,7 @@ def cross_entropy(
     return _checks.in_base(_cross_entropy(p, q), base)
 
 
+@eager_jit
 def entropy(
     logits: ArrayLike,
     *,
@@ -373,6 +377,7 @@ def entropy(
     return _checks.in_base(_entropy(p), base)
 
 
+@eager_jit
 def cross_entropy_with_integer_labels(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -454,6 +459,7 @@ def _two_class_logits(logit: Array) -> Array:
     return jnp.stack([jnp.minimum(logit, 0.0), -jnp.maximum(logit, 0.0)], axis=-1)
 
 
+@eager_jit
 def bernoulli_kl_divergence(
     p_logits: ArrayLike,
     q_logits: ArrayLike,

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiv import _checks, _terms
+from jaxdiv._dispatch import eager_jit
 from jaxdiv._numerics import log_softmax, safe_sqrt
 from jaxdiv._termwise import LOGITS, divergence
 from jaxdiv.categorical import _kl
@@ -59,6 +60,7 @@ def _js(p_logits, q_logits, beta, axis, where) -> Array:
     return divergence(LOGITS, _terms.JENSEN_SHANNON, p, q, weights)
 
 
+@eager_jit
 def js_divergence(
     p_logits: ArrayLike,
     q_logits: ArrayLike,
@@ -110,6 +112,7 @@ def js_divergence(
     return _checks.in_base(_js(p_logits, q_logits, beta, axis, where), base)
 
 
+@eager_jit
 def js_distance(
     p_logits: ArrayLike,
     q_logits: ArrayLike,
@@ -132,6 +135,7 @@ def js_distance(
     return safe_sqrt(_checks.in_base(_js(p_logits, q_logits, 0.5, axis, where), base))
 
 
+@eager_jit
 def total_variation(
     p_logits: ArrayLike,
     q_logits: ArrayLike,
@@ -158,6 +162,7 @@ def total_variation(
     return divergence(LOGITS, _terms.TOTAL_VARIATION, p, q)
 
 
+@eager_jit
 def hellinger_distance(
     p_logits: ArrayLike,
     q_logits: ArrayLike,
@@ -186,6 +191,7 @@ def hellinger_distance(
     return h2 if squared else safe_sqrt(h2)
 
 
+@eager_jit
 def renyi_divergence(
     p_logits: ArrayLike,
     q_logits: ArrayLike,
@@ -238,6 +244,7 @@ def renyi_divergence(
     return _checks.in_base(value, base)
 
 
+@eager_jit
 def jeffreys_divergence(
     p_logits: ArrayLike,
     q_logits: ArrayLike,
@@ -263,6 +270,7 @@ def jeffreys_divergence(
     return _checks.in_base(jnp.where(mass, _kl(p, q) + _kl(q, p), 0.0), base)
 
 
+@eager_jit
 def f_divergence(
     p_logits: ArrayLike,
     q_logits: ArrayLike,

@@ -82,14 +82,14 @@ from jaxdiv._numerics import (
     expm1mx, finite_or_zero, invalid, neg_log1pmx, row_max, row_sum, shifted_difference,
 )
 from jaxdiv._termwise import Pair, _log_ratio_field
-from jaxdiv.losses import (
-    _KINDS,
-    _REDUCTIONS,
-    _counts,
-    _cross_entropy_from_stats,
-    _is_static_zero,
-    _reduce,
-    _softcap_value,
+from jaxdiv._reductions import (
+    DISTILLATION_KINDS as _KINDS,
+    REDUCTIONS as _REDUCTIONS,
+    counts as _counts,
+    cross_entropy_from_stats as _cross_entropy_from_stats,
+    is_static_zero as _is_static_zero,
+    reduce_positions as _reduce,
+    softcap_value as _softcap_value,
 )
 
 Array = jax.Array

@@ -29,6 +29,7 @@ import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
 from jaxdiv import _checks
+from jaxdiv._dispatch import eager_jit
 from jaxdiv._numerics import expm1mx, expm1mx_finite, recompute_in_backward, row_stats
 
 Array = jax.Array
@@ -174,6 +175,7 @@ def _prepare_diag(arrays, names, axis, where):
 # -------------------------------------------------------------------- diagonal
 
 
+@eager_jit
 def kl_divergence(
     mean_p: ArrayLike,
     log_var_p: ArrayLike,
@@ -219,6 +221,7 @@ def kl_divergence(
     return _diag_kl(*(jnp.moveaxis(a, axis, -1) for a in (mp, vp, mq, vq)))
 
 
+@eager_jit
 def kl_standard_normal(
     mean: ArrayLike,
     log_var: ArrayLike,
@@ -244,6 +247,7 @@ def kl_standard_normal(
     return _diag_kl(m, v, zero, zero)
 
 
+@eager_jit
 def kl_divergence_scale(
     mean_p: ArrayLike,
     scale_p: ArrayLike,
@@ -313,6 +317,7 @@ def _scale_kl_terms_jvp(primals, tangents):
     return value, tangent
 
 
+@eager_jit
 def cross_entropy(
     mean_p: ArrayLike,
     log_var_p: ArrayLike,
@@ -345,6 +350,7 @@ def cross_entropy(
     return 0.5 * _event_sum(terms, axis, where)
 
 
+@eager_jit
 def entropy(
     log_var: ArrayLike, *, axis: int = -1, where: Optional[ArrayLike] = None
 ) -> Array:
@@ -420,6 +426,7 @@ def _solve(scale_tril_q: Array, b: Array) -> Array:
     )
 
 
+@eager_jit
 def kl_divergence_tril(
     mean_p: ArrayLike, scale_tril_p: ArrayLike, mean_q: ArrayLike, scale_tril_q: ArrayLike
 ) -> Array:
@@ -462,6 +469,7 @@ def kl_divergence_tril(
     return _singular_or_same(mp, lp, mq, lq_given, jnp.maximum(terms, 0.0))
 
 
+@eager_jit
 def cross_entropy_tril(
     mean_p: ArrayLike, scale_tril_p: ArrayLike, mean_q: ArrayLike, scale_tril_q: ArrayLike
 ) -> Array:
@@ -483,6 +491,7 @@ def cross_entropy_tril(
     return jnp.where(singular, jnp.inf, value)
 
 
+@eager_jit
 def entropy_tril(scale_tril: ArrayLike) -> Array:
     r""":math:`H = \frac12 d \log(2\pi e) + \sum_i \log|L_{ii}|`.
 

@@ -34,7 +34,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiv import _checks, gaussian
+from jaxdiv._dispatch import eager_jit
 from jaxdiv._labels import label_stats
+from jaxdiv._reductions import (
+    DISTILLATION_KINDS as _KINDS,
+    REDUCTIONS as _REDUCTIONS,
+    CrossEntropyAux,
+    counts as _counts,
+    cross_entropy_from_stats as _cross_entropy_from_stats,
+    is_static_zero as _is_static_zero,
+    reduce_positions as _reduce,
+    safe_divide as _safe_divide,
+    softcap_value as _softcap_value,
+)
 from jaxdiv._numerics import difference, expm1mx
 from jaxdiv.categorical import _scaled_kl, _tempered
 from jaxdiv.f_divergences import js_divergence
@@ -52,65 +64,9 @@ __all__ = [
     "vae_kl",
 ]
 
-_REDUCTIONS = ("none", "sum", "mean")
-
-
-# ------------------------------------------------------------------ reductions
-
-
-def _safe_divide(num: Array, den: Array) -> Array:
-    """``num / den``, and 0 (with a zero gradient) where ``den`` is 0: an empty batch.
-
-    A NaN numerator or denominator (an out-of-range label's weight) stays NaN.
-    """
-    ok = den > 0
-    empty = (den == 0) & ~jnp.isnan(num)
-    return jnp.where(ok, num / jnp.where(ok, den, 1.0), jnp.where(empty, 0.0, jnp.nan))
-
-
-def _reduce(values: Array, weights: Array, reduction: str) -> Array:
-    """Reduce per-position ``values`` (already 0 at masked positions)."""
-    if reduction == "none":
-        return values
-    total = jnp.sum(values)
-    if reduction == "sum":
-        return total
-    return _safe_divide(total, jnp.sum(weights))
-
-
-def _counts(valid: Optional[Array], shape, dtype) -> Array:
-    """1 at valid positions, 0 at masked ones."""
-    if valid is None:
-        return jnp.ones(shape, dtype)
-    return valid.astype(dtype)
-
-
-def _is_static_zero(value) -> bool:
-    """A hyperparameter known at trace time to be 0: its term is left out of the graph."""
-    return _checks._is_concrete(value) and float(value) == 0.0
 
 
 # --------------------------------------------------------------- cross-entropy
-
-
-class CrossEntropyAux(NamedTuple):
-    """Auxiliary outputs of :func:`softmax_cross_entropy` (``return_aux=True``).
-
-    Attributes:
-      log_normaliser: :math:`\\log\\sum_c e^{x_c}` per position (after the
-        soft-cap; 0 at masked or ignored positions), the quantity z-loss keeps
-        near 0. Differentiable.
-      z_loss: the z-loss part of the loss, reduced like the loss (so the
-        cross-entropy part is ``loss - aux.z_loss``).
-      accuracy: whether the label is an arg max of the logits (soft labels: a
-        class of largest target probability), reduced like the loss over the
-        valid positions, unweighted: a fraction for ``"mean"``, a count for
-        ``"sum"``, 0/1 per position for ``"none"``.
-    """
-
-    log_normaliser: Array
-    z_loss: Array
-    accuracy: Array
 
 
 def _class_weights(class_weights, num_classes: int, dtype) -> Optional[Array]:
@@ -132,17 +88,7 @@ def _label_weight(weights: Array, target: Array) -> Array:
     return jnp.where(in_range, weights[jnp.clip(target, 0, weights.shape[0] - 1)], jnp.nan)
 
 
-def _softcap_value(logit_softcap) -> Optional[float]:
-    if logit_softcap is None:
-        return None
-    if not _checks._is_concrete(logit_softcap):
-        raise TypeError(
-            f"logit_softcap must be a Python number (it is static), got {logit_softcap!r}."
-        )
-    _checks.scalar_parameter(logit_softcap, "logit_softcap", 0.0, np.inf, open_low=True, open_high=True)
-    return float(logit_softcap)
-
-
+@eager_jit
 def softmax_cross_entropy(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -292,51 +238,11 @@ def softmax_cross_entropy(
     )
 
 
-def _cross_entropy_from_stats(
-    stats, valid, batch, dtype, *, label_weight, label_smoothing, smoothing, z_loss,
-    reduction, return_aux, integer=True,
-):
-    """The loss of :func:`softmax_cross_entropy` from its per-row :class:`~jaxdiv._labels.LabelStats`.
-
-    Shared with :func:`jaxdiv.fused.linear_cross_entropy`, whose kernel produces
-    the same statistics without materialising the logits, so that both losses
-    have one definition of every option.
-    """
-    counts = _counts(valid, batch, dtype)
-    label_weight = counts if label_weight is None else label_weight * counts
-    eps = jnp.asarray(label_smoothing, dtype)
-    coef = (1.0 - eps) * (label_weight if integer else counts)
-    # coef = 0 (eps = 1, a zero class weight, a masked row) switches the term
-    # off even where -log Q_y is +inf; a NaN (an out-of-range label, NaN
-    # logits) stays, whatever weight its clamped label happened to pick.
-    xent = jnp.where(coef > 0, coef * stats.nll, jnp.where(jnp.isnan(stats.nll), jnp.nan, 0.0))
-    if smoothing:
-        xent = xent + eps * stats.uniform_nll
-    lse = jnp.where(counts > 0, stats.log_normaliser, 0.0)
-    if _is_static_zero(z_loss):
-        z_term = jnp.zeros_like(xent)
-    else:
-        z_term = z_loss * jnp.square(jnp.where(jnp.isfinite(lse), lse, 0.0)) * counts
-
-    if reduction == "mean":
-        loss = _reduce(xent, label_weight, "mean") + _reduce(z_term, counts, "mean")
-    else:
-        loss = _reduce(xent + z_term, counts, reduction)
-    if not return_aux:
-        return loss
-    aux = CrossEntropyAux(
-        log_normaliser=lse,
-        z_loss=_reduce(z_term, counts, reduction),
-        accuracy=_reduce(stats.top1, counts, reduction),
-    )
-    return loss, aux
-
-
 # ---------------------------------------------------------------- distillation
 
-_KINDS = ("forward_kl", "reverse_kl", "jsd")
 
 
+@eager_jit
 def distillation_loss(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
@@ -437,6 +343,7 @@ def distillation_loss(
 _ESTIMATORS = ("k1", "k2", "k3")
 
 
+@eager_jit
 def kl_penalty(
     log_probs: ArrayLike,
     ref_log_probs: ArrayLike,
@@ -517,6 +424,7 @@ def kl_penalty(
     return _reduce(value, _counts(valid, shape, dtype), reduction)
 
 
+@eager_jit
 def kl_penalty_from_logits(
     logits: ArrayLike,
     ref_logits: ArrayLike,
@@ -571,6 +479,7 @@ def _binary_cross_entropy_jvp(primals, tangents):
     return value, slope * tangents[0]
 
 
+@eager_jit
 def binary_cross_entropy(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -644,6 +553,7 @@ def binary_cross_entropy(
 # ------------------------------------------------------------------------- VAE
 
 
+@eager_jit
 def vae_kl(
     mean: ArrayLike,
     log_var: ArrayLike,

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiv import _checks, _terms
+from jaxdiv._dispatch import eager_jit
 from jaxdiv._numerics import log_normalised, safe_sqrt
 from jaxdiv._termwise import PROBS, Terms, divergence
 
@@ -65,6 +66,7 @@ def _pairwise(terms: Terms, p, q, params, axis, where, eps) -> Array:
     return divergence(PROBS, terms, p, q, params)
 
 
+@eager_jit
 def kl_divergence(
     p: ArrayLike,
     q: ArrayLike,
@@ -82,6 +84,7 @@ def kl_divergence(
     return _checks.in_base(_pairwise(_terms.KL, p, q, (), axis, where, eps), base)
 
 
+@eager_jit
 def cross_entropy(
     p: ArrayLike,
     q: ArrayLike,
@@ -97,6 +100,7 @@ def cross_entropy(
     )
 
 
+@eager_jit
 def entropy(
     p: ArrayLike,
     *,
@@ -119,6 +123,7 @@ def entropy(
     return _checks.in_base(divergence(PROBS, _terms.CROSS_ENTROPY, x, x), base)
 
 
+@eager_jit
 def js_divergence(
     p: ArrayLike,
     q: ArrayLike,
@@ -138,6 +143,7 @@ def js_divergence(
     return _checks.in_base(value, base)
 
 
+@eager_jit
 def js_distance(
     p: ArrayLike,
     q: ArrayLike,
@@ -152,6 +158,7 @@ def js_distance(
     return safe_sqrt(_checks.in_base(value, base))
 
 
+@eager_jit
 def total_variation(
     p: ArrayLike,
     q: ArrayLike,
@@ -164,6 +171,7 @@ def total_variation(
     return _pairwise(_terms.TOTAL_VARIATION, p, q, (), axis, where, eps)
 
 
+@eager_jit
 def hellinger_distance(
     p: ArrayLike,
     q: ArrayLike,
@@ -178,6 +186,7 @@ def hellinger_distance(
     return h2 if squared else safe_sqrt(h2)
 
 
+@eager_jit
 def renyi_divergence(
     p: ArrayLike,
     q: ArrayLike,

@@ -295,3 +295,28 @@ def test_memory_bfloat16_inputs_are_widened_block_by_block():
     # The KL forward still holds one copy of both inputs' bits for its loop plus its
     # blocks (was a float32 copy of both: 4x).
     assert _temps(jaxdiv.kl_divergence, x, x) <= 2.25 * bf16_input
+
+
+# -------------------------------------------------------------- eager calls
+
+
+def test_eager_calls_run_one_cached_program_and_keep_trace_time_errors():
+    from jaxdiv import _dispatch
+
+    rng = np.random.default_rng(5)
+    p, q = rng.standard_normal((2, 4, 7)).astype(f32)
+    before = _dispatch._compiled.cache_info()
+    first = jaxdiv.js_divergence(p, q, beta=0.3)
+    second = jaxdiv.js_divergence(q, p, beta=0.3)
+    after = _dispatch._compiled.cache_info()
+    assert after.hits >= before.hits + 1          # the second call reused the compiled program
+    np.testing.assert_array_equal(first, jax.jit(lambda a, b: jaxdiv.js_divergence(a, b, beta=0.3))(p, q))
+    np.testing.assert_array_equal(second, jaxdiv.js_divergence(jnp.asarray(q), jnp.asarray(p), beta=0.3))
+    # Options stay concrete eagerly: a bad one raises, it does not become NaN.
+    with pytest.raises(ValueError, match="beta must lie in"):
+        jaxdiv.js_divergence(p, q, beta=1.5)
+    with pytest.raises(ValueError, match="temperature must lie in"):
+        losses.distillation_loss(p, q, temperature=jnp.float32(-1.0))
+    # Lists are arrays; 2.0 and np.float32(2.0) are different static options.
+    assert jaxdiv.renyi_divergence([0.0, 1.0], [1.0, 0.0], 2.0) == jaxdiv.renyi_divergence(
+        np.array([0.0, 1.0], f32), np.array([1.0, 0.0], f32), np.float32(2.0))

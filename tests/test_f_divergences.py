@@ -415,7 +415,8 @@ def test_mask_equals_slicing_and_ignores_garbage(rng, name):
 def test_axis_zero_equals_transpose(rng, name):
     f, _ = FAMILY[name]
     p, q = logits(rng, (7, 3)), logits(rng, (7, 3))
-    np.testing.assert_array_equal(f(p, q, axis=0), f(p.T, q.T))
+    # Transposed inputs compile to differently fused programs: equal to rounding.
+    np.testing.assert_allclose(f(p, q, axis=0), f(p.T, q.T), rtol=1e-6)
 
 
 # --------------------------------------------------------- 8. transformations

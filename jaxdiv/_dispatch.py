@@ -1,0 +1,69 @@
+"""Eager calls of the public functions run one cached, compiled program.
+
+Called op by op, a divergence dispatches dozens of small XLA computations and
+runs 7-25x slower than under ``jax.jit``. :func:`eager_jit` compiles the whole
+function once per shape and per value of its static options (as ``jax.nn``
+does with ``static_argnames``). Inside a transformation (``jit``, ``grad``,
+``vmap``, ``shard_map``: any argument is a tracer) the function runs as
+written, so the jitted path is unchanged.
+
+Arrays are traced; Python scalars, strings, ``None``, callables and 0-d
+arrays are static: their values stay concrete, so a bad hyperparameter still
+raises ``ValueError`` at once instead of turning into NaN.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+
+_DYNAMIC = object()
+
+
+def _classify(value):
+    """``(static, value)``: a hashable static value, or an array to trace."""
+    if isinstance(value, jax.core.Tracer):
+        raise _Traced
+    if isinstance(value, (jax.Array, np.ndarray)):
+        if value.ndim == 0:
+            return True, np.asarray(value)[()]
+        return False, value
+    if isinstance(value, (list, tuple)):
+        return False, np.asarray(value)
+    hash(value)   # unhashable options fall back to the direct call
+    return True, value
+
+
+class _Traced(Exception):
+    pass
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled(fn, names: tuple, statics: tuple):
+    def run(*dynamic):
+        it = iter(dynamic)
+        values = [next(it) if s is _DYNAMIC else s[1] for s in statics]
+        n_args = len(values) - len(names)
+        return fn(*values[:n_args], **dict(zip(names, values[n_args:])))
+
+    return jax.jit(run)
+
+
+def eager_jit(fn):
+    """Run ``fn`` as one compiled program when it is called eagerly."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            names = tuple(kwargs)
+            classified = [_classify(v) for v in (*args, *kwargs.values())]
+            # Typed, so that 2.0, np.float32(2.0) and True, 1 compile separately.
+            statics = tuple((type(v), v) if static else _DYNAMIC for static, v in classified)
+            compiled = _compiled(fn, names, statics)
+        except (_Traced, TypeError):
+            return fn(*args, **kwargs)
+        return compiled(*(v for static, v in classified if not static))
+
+    return wrapper
