@@ -16,12 +16,13 @@ from tests import reference as ref
 pytestmark = pytest.mark.usefixtures("x64")
 
 NEG_INF = -np.inf
-LABELS = np.array([2, 0, 4])
+LABELS = np.array([2, 0, 4, 1])
 
 
 def _inputs(rng, zeros):
-    p = rng.standard_normal((3, 5))
-    q = rng.standard_normal((3, 5))
+    # Rows 0-2 hold zero probabilities, row 3 none: one call covers both cases.
+    p = rng.standard_normal((4, 5))
+    q = rng.standard_normal((4, 5))
     if zeros:
         p[0, 1] = p[2, 3] = NEG_INF
         q[0, 1] = NEG_INF          # zero in both
@@ -38,10 +39,9 @@ FUNCTIONS = {
 }
 
 
-@pytest.mark.parametrize("zeros", [False, True])
 @pytest.mark.parametrize("name", FUNCTIONS)
-def test_check_grads_second_order_both_modes(rng, name, zeros):
-    p, q = _inputs(rng, zeros)
+def test_check_grads_second_order_both_modes(rng, name):
+    p, q = _inputs(rng, zeros=True)
     # check_grads reuses its arguments as tangents at second order, so the -inf
     # entries are held fixed and the finite ones are differentiated.
     zero_p, zero_q = jnp.isneginf(p), jnp.isneginf(q)

@@ -26,13 +26,13 @@ FUNCTIONS = {
 }
 
 
-@pytest.mark.parametrize("zeros", [False, True])
 @pytest.mark.parametrize("name", FUNCTIONS)
-def test_check_grads_second_order_both_modes(rng, name, zeros):
+def test_check_grads_second_order_both_modes(rng, name):
     p, q = rng.standard_normal((3, 5)), rng.standard_normal((3, 5))
     zero_p = np.zeros_like(p, bool)
-    if zeros and name not in ("jeffreys", "renyi_1", "renyi_3", "f_chi2"):
-        zero_p[0, 1] = zero_p[2, 3] = True   # P = 0 where Q > 0
+    if name not in ("jeffreys", "renyi_1", "renyi_3", "f_chi2"):
+        # P = 0 where Q > 0 in rows 0 and 2; row 1 has no zero: one call covers both.
+        zero_p[0, 1] = zero_p[2, 3] = True
     # check_grads reuses its arguments as tangents at second order: the -inf
     # entries are held fixed and the finite ones differentiated.
 
