@@ -330,13 +330,21 @@ def renyi_from_total(total: Array, log_p_fn, log_q_fn, alpha: Array) -> Array:
         both = recompute[..., None] & has_p & has_q
         # Q_i = 0 < P_i: the value is +inf for a > 1 (a locally constant one).
         structural = jnp.any(has_p & ~has_q, axis=-1) & (h > 0)
-        e = alpha * jnp.where(both, log_p, 0.0) + (1 - alpha) * jnp.where(both, log_q, 0.0)
-        overlap = jnp.any(both, axis=-1)
-        shift = jnp.max(jnp.where(both, e, -jnp.inf), axis=-1, initial=-jnp.inf)
+        # log(P^a Q^(1-a)) = log P + (a - 1)(log P - log Q): for log-probabilities
+        # near the float32 limit this overflows to +-inf, never to inf - inf = NaN.
+        lp, lq = jnp.where(both, log_p, 0.0), jnp.where(both, log_q, 0.0)
+        e = lp + h * (lp - lq)
+        # A term that overflows makes the sum (and the value, for a > 1) +inf.
+        infinite = jnp.any(both & (e == jnp.inf), axis=-1)
+        used = both & ~infinite[..., None]
+        e = jnp.where(used, e, 0.0)
+        overlap = jnp.any(used, axis=-1)
+        shift = jnp.max(jnp.where(used, e, -jnp.inf), axis=-1, initial=-jnp.inf)
         shift = jnp.where(overlap, shift, 0.0)
-        total_e = jnp.sum(jnp.where(both, jnp.exp(e - shift[..., None]), 0.0), axis=-1)
+        total_e = jnp.sum(jnp.where(used, jnp.exp(e - shift[..., None]), 0.0), axis=-1)
         # No overlap: sum P^a Q^(1-a) = 0, so D_a = +inf for every order.
         lse = jnp.where(overlap, shift + jnp.log(jnp.where(overlap, total_e, 1.0)), -jnp.inf)
+        lse = jnp.where(infinite, jnp.inf, lse)
         scaled = lse / jnp.where(h == 0, 1.0, h)
         # (At a = 1 an infinite value is KL's own +inf.)
         return jnp.where(recompute, jnp.where(structural, jnp.inf, scaled), value)

@@ -317,9 +317,32 @@ def _head(hidden, weight, bias, vocab_axis: int, names: tuple[str, str, str]):
     return hidden.reshape((-1, dim)), weight, bias, batch, vocab
 
 
-def _chunk_size(chunk_size, rows: int, vocab: int) -> int:
+def _vmapped_batch(x) -> int:
+    """How many copies of ``x`` the enclosing ``vmap``s evaluate at once (1 outside any).
+
+    Under ``vmap`` the loss sees one sequence, but every chunk is a block of
+    all sequences' rows: sized for one, it would be the batch size times too
+    large (5 GB instead of 65 MiB for 64 sequences of 512 tokens). The count is
+    read from the tracers (``BatchTracer.val`` / ``.batch_dim``, through
+    autodiff tracers' ``.primal``); it only sizes the chunk, so a JAX version
+    whose tracers look different costs memory, never a wrong value.
+    """
+    batch = 1
+    for _ in range(64):
+        if not isinstance(x, jax.core.Tracer):
+            break
+        dim, val = getattr(x, "batch_dim", None), getattr(x, "val", None)
+        if isinstance(dim, int) and hasattr(val, "shape"):
+            batch *= int(val.shape[dim])
+            x = val
+        else:
+            x = getattr(x, "primal", None)
+    return batch
+
+
+def _chunk_size(chunk_size, rows: int, vocab: int, hidden=None) -> int:
     if chunk_size is None:
-        return auto_chunk_size(rows, vocab)
+        return auto_chunk_size(rows * _vmapped_batch(hidden), vocab)
     if not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}.")
     return int(min(chunk_size, max(vocab, 1)))
@@ -535,7 +558,7 @@ def linear_cross_entropy(
         labels = jnp.where(valid, labels, 0)
     smoothing = not _is_static_zero(label_smoothing)
     cfg = _Config(
-        chunk=_chunk_size(chunk_size, h.shape[0], vocab), vocab_axis=axis,
+        chunk=_chunk_size(chunk_size, h.shape[0], vocab, h), vocab_axis=axis,
         precision=_precision(precision), softcap=cap, smoothing=smoothing,
     )
     stats = _linear_label_stats(cfg, _unread(h, valid), w, b, labels, valid)
@@ -845,7 +868,7 @@ def linear_distillation_loss(
     if not teacher_is_logits:
         teacher = (_unread(teacher[0], valid),) + tuple(teacher[1:])
     cfg = _Config(
-        chunk=_chunk_size(chunk_size, h.shape[0], vocab), vocab_axis=axis,
+        chunk=_chunk_size(chunk_size, h.shape[0], vocab, h), vocab_axis=axis,
         precision=_precision(precision), kind=kind, beta=beta,
         inverse_temperature=1.0 / temperature, teacher_is_logits=teacher_is_logits,
     )
