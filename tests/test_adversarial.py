@@ -320,3 +320,21 @@ def test_eager_calls_run_one_cached_program_and_keep_trace_time_errors():
     # Lists are arrays; 2.0 and np.float32(2.0) are different static options.
     assert jaxdiv.renyi_divergence([0.0, 1.0], [1.0, 0.0], 2.0) == jaxdiv.renyi_divergence(
         np.array([0.0, 1.0], f32), np.array([1.0, 0.0], f32), np.float32(2.0))
+
+
+def test_memory_fused_head_under_vmap_sizes_chunks_from_every_row():
+    from jaxdiv import fused
+
+    batch, tokens, dim, vocab = 16, 256, 64, 8192
+    h = jax.ShapeDtypeStruct((batch, tokens, dim), jnp.float32)
+    w = jax.ShapeDtypeStruct((dim, vocab), jnp.float32)
+    y = jax.ShapeDtypeStruct((batch, tokens), jnp.int32)
+
+    def per_sequence(hidden, weight, labels):
+        return jax.vmap(lambda a, b: fused.linear_cross_entropy(a, weight, b))(hidden, labels).mean()
+
+    # The chunk counts all 4096 rows (16 MiB blocks), not one sequence's 256,
+    # which made every block the batch size times larger (384 MiB here).
+    temps = _temps(jax.grad(per_sequence), h, w, y)
+    flat = _temps(jax.grad(lambda a, b, c: fused.linear_cross_entropy(a, b, c)), h, w, y)
+    assert temps < 64 * 2**20 and temps < 2 * flat   # 48 and 32 MiB when written
