@@ -5,7 +5,9 @@ runs 7-25x slower than under ``jax.jit``. :func:`eager_jit` compiles the whole
 function once per shape and per value of its static options (as ``jax.nn``
 does with ``static_argnames``). Inside a transformation (``jit``, ``grad``,
 ``vmap``, ``shard_map``: any argument is a tracer) the function runs as
-written, so the jitted path is unchanged.
+written, so the jitted path is unchanged. The first call compiles too: had it
+run op by op, it would round differently from the compiled calls after it,
+and the same call would not give the same bits twice.
 
 Arrays are traced; Python scalars, strings, ``None``, callables and 0-d
 arrays are static: their values stay concrete, so a bad hyperparameter still

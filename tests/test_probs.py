@@ -171,7 +171,7 @@ def test_check_grads_second_order(x64, rng, name):
     # JS family's second-order programs take ~20 s each to compile, so they stop
     # at first order here.
     order = 1 if name in ("js", "js_distance", "renyi_0.5") else 2
-    check_grads(f, (p, q), order=order, modes=("fwd", "rev"), eps=1e-4, atol=1e-5, rtol=1e-5)
+    check_grads(jax.jit(f), (p, q), order=order, modes=("fwd", "rev"), eps=1e-4, atol=1e-5, rtol=1e-5)
 
 
 # ------------------------------------------------------- invalid input
