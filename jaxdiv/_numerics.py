@@ -124,13 +124,16 @@ def expm1mx(x: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.where(small, series, direct), 0)
 
 
-# Closed form phi'(x) = expm1(x) (0 at +inf, where phi stays +inf): autodiff through
-# the series/direct selects keeps both branches' intermediates alive, 8x the memory.
+# Closed form phi'(x) = expm1(x), and 0 where phi is +inf (x = +inf, or large
+# enough to overflow): an infinite value is locally constant, as in every kernel.
+# Autodiff through the series/direct selects keeps both branches' intermediates
+# alive, 8x the memory.
 @expm1mx.defjvp
 def _expm1mx_jvp(primals, tangents):
     (x,), (dx,) = primals, tangents
-    slope = jnp.where(x == jnp.inf, jnp.zeros_like(x), jnp.expm1(x))
-    return expm1mx(x), slope * dx
+    value = expm1mx(x)
+    slope = jnp.where(value == jnp.inf, jnp.zeros_like(x), jnp.expm1(jnp.where(value == jnp.inf, 0.0, x)))
+    return value, slope * dx
 
 
 def expm1mx_finite(x: jax.Array) -> jax.Array:

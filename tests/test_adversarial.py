@@ -247,6 +247,16 @@ def test_js_beta_mirror_is_exact_for_non_dyadic_beta(beta):
     np.testing.assert_array_equal(probs.js_divergence(a, b, beta=beta), probs.js_divergence(b, a, beta=1 - beta))
 
 
+def test_k3_penalty_that_overflows_has_a_zero_gradient():
+    """An overflowing e^r - 1 - r is +inf and locally constant: gradient 0, also under a where."""
+    lp, ref = f32([0.0, -200.0]), f32([-1.0, 0.0])
+    assert losses.kl_penalty(lp, ref, reduction="none")[1] == np.inf
+    masked = lambda a: jnp.sum(jnp.where(jnp.isfinite(v := losses.kl_penalty(a, ref, reduction="none")), v, 0.0))
+    g = jax.grad(masked)(lp)
+    assert np.all(np.isfinite(g)) and g[1] == 0.0
+    assert rel_err(g[0], 1.0 - np.exp(-1.0)) < 1e-6   # d/dlp of e^r - 1 - r, r = ref - lp
+
+
 # ------------------------------------------------------------ usability
 
 
