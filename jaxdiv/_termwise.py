@@ -38,7 +38,6 @@ from jax.custom_derivatives import SymbolicZero
 
 from jaxdiv._numerics import (
     LogRatio,
-    difference,
     finite_or_zero,
     invalid,
     log_normaliser,

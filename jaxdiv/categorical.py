@@ -38,7 +38,6 @@ from jaxdiv._dispatch import eager_jit
 from jaxdiv._labels import label_stats
 from jaxdiv._numerics import (
     LogRatio,
-    difference,
     finite_or_zero,
     invalid,
     log_normaliser,

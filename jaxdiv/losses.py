@@ -27,7 +27,7 @@ categorical KL on two classes, and the VAE term :mod:`jaxdiv.gaussian`.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
