@@ -13,6 +13,7 @@ swap in ``lax.pmax`` / ``lax.psum``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple
 
@@ -248,11 +249,65 @@ def log_normaliser(logits: jax.Array) -> LogNormaliser:
     return LogNormaliser(shift, centred, exp_centred, log_sum)
 
 
-# A block of rows is sized to stay cache-resident: XLA:CPU cannot fuse the
-# selects of the stable formulas into its reductions, so each intermediate is
-# materialised, and materialising whole [rows, C] arrays costs several passes
-# over memory. Measured on a 2-core x86: 2^18-2^19 elements per block is fastest.
+# On the CPU a block of rows is sized to stay cache-resident: XLA:CPU cannot
+# fuse the selects of the stable formulas into its reductions, so each
+# intermediate is materialised, and materialising whole [rows, C] arrays costs
+# several passes over memory. Measured on a 2-core x86: 2^18-2^19 elements per
+# block is fastest.
 _BLOCK_ELEMENTS = 1 << 19
+
+# Which branch of :func:`on_platform` runs: None picks by the lowering
+# platform; tests set "cpu" or "accelerator" to run either one on the CPU.
+_forced_branch: str | None = None
+
+
+@contextlib.contextmanager
+def forced_branch(name: str):
+    """Trace :func:`on_platform`'s ``name`` branch whatever the platform (for tests)."""
+    global _forced_branch
+    if name not in ("cpu", "accelerator"):
+        raise ValueError(f"branch must be 'cpu' or 'accelerator', got {name!r}")
+    previous, _forced_branch = _forced_branch, name
+    try:
+        yield
+    finally:
+        _forced_branch = previous
+
+
+# The branch of map_rows being traced, for the few row functions whose best
+# formulation differs (read with current_branch()).
+_tracing_branch: str = "cpu"
+
+
+def current_branch() -> str:
+    """``"cpu"`` or ``"accelerator"``: which branch of :func:`map_rows` is being traced."""
+    return _tracing_branch
+
+
+def _traced_as(name, fn):
+    def traced(*args):
+        global _tracing_branch
+        previous, _tracing_branch = _tracing_branch, name
+        try:
+            return fn(*args)
+        finally:
+            _tracing_branch = previous
+
+    return traced
+
+
+def on_platform(*args, cpu, accelerator):
+    """``cpu(*args)`` on the CPU, ``accelerator(*args)`` on GPU and TPU.
+
+    The choice is made when the program is lowered (``lax.platform_dependent``),
+    so a ``jax.export`` for several platforms keeps both branches and each
+    device compiles only its own. Both must return the same shapes and dtypes.
+    """
+    if _forced_branch == "cpu":
+        return cpu(*args)
+    if _forced_branch == "accelerator":
+        return accelerator(*args)
+    return jax.lax.platform_dependent(*args, cpu=cpu, default=accelerator)
 
 
 def promote(x: jax.Array) -> jax.Array:
@@ -263,14 +318,20 @@ def promote(x: jax.Array) -> jax.Array:
 
 
 def map_rows(fn, *arrays, linear=()):
-    """``fn(*arrays)`` evaluated block of rows by block of rows.
+    """``fn(*arrays)`` evaluated over the rows, the one execution helper of every kernel.
 
     ``fn`` maps row-major arrays whose leading dimensions are the batch (those
     of ``arrays[0]`` but its last, the class axis) to a pytree of per-row
     statistics. The batch is the broadcast of the arrays' leading dimensions:
     an array whose leading dimensions are all 1 (one reference row against a
-    batch) is handed to every block as it is, never broadcast to the batch in
-    memory, and 16-bit arrays are widened to float32 inside each block only.
+    batch) is handed over as it is, never broadcast to the batch in memory.
+
+    On GPU and TPU ``fn`` runs once on the whole arrays: their compilers fuse
+    the selects of the stable formulas into the reductions, so each statistic
+    is a streaming pass, and any loop would only add kernel launches (and stop
+    a sharded batch from staying sharded). On the CPU, whose fused reductions
+    cannot hold a select, the rows go through ``lax.map`` in cache-sized
+    blocks, 16-bit arrays carried as their bits and widened block by block.
     ``linear`` lists the positions of tangents (bit casts have no transpose).
     """
     nb = arrays[0].ndim - 1
@@ -287,11 +348,7 @@ def map_rows(fn, *arrays, linear=()):
             shared.append(None)
     num_classes = max(max((a.shape[-1] for a in arrays if a.ndim), default=1), 1)
     block = max(1, min(rows, _BLOCK_ELEMENTS // num_classes))
-
-    # XLA:CPU widens a 16-bit float array that a loop slices to float32 as a
-    # whole before the loop; carried as its bits, each block is widened alone.
     dtypes = [a.dtype for a in arrays]
-    mapped = [m if i in linear else _as_bits(m) for i, m in enumerate(mapped)]
 
     def run(xs):
         it = iter(xs)
@@ -303,11 +360,13 @@ def map_rows(fn, *arrays, linear=()):
         size = xs[0].shape[0]
         return jax.tree.map(lambda o: jnp.broadcast_to(o, (size,) + o.shape[1:]), out)
 
-    xs = tuple(m for m in mapped if m is not None)
-    full = rows // block
-    if full <= 1:
-        out = run(xs)
-    else:
+    def blocked(xs):
+        # XLA:CPU widens a 16-bit float array that a loop slices to float32 as
+        # a whole before the loop; carried as its bits, each block is widened alone.
+        xs = tuple(x if i in linear else _as_bits(x) for i, x in zip(mapped_positions, xs))
+        full = rows // block
+        if full <= 1:
+            return run(xs)
         # Whole blocks in a loop, the shorter last block on its own.
         blocks = tuple(x[: full * block].reshape((full, block) + x.shape[1:]) for x in xs)
         out = jax.lax.map(run, blocks)
@@ -315,6 +374,14 @@ def map_rows(fn, *arrays, linear=()):
         if full * block < rows:
             last = run(tuple(x[full * block:] for x in xs))
             out = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, last)
+        return out
+
+    mapped_positions = [i for i, m in enumerate(mapped) if m is not None]
+    xs = tuple(m for m in mapped if m is not None)
+    if rows // block <= 1:
+        out = on_platform(xs, cpu=_traced_as("cpu", run), accelerator=_traced_as("accelerator", run))
+    else:
+        out = on_platform(xs, cpu=_traced_as("cpu", blocked), accelerator=_traced_as("accelerator", run))
     return jax.tree.map(lambda o: o.reshape(batch + o.shape[1:]), out)
 
 
@@ -377,6 +444,21 @@ def support(exp_centred: jax.Array) -> jax.Array:
     like ``-inf``, so clipping ``-inf`` to a large negative number changes nothing.
     """
     return exp_centred > 0
+
+
+def centred_support(centred: jax.Array) -> jax.Array:
+    """:func:`support` from the centred logits ``x - max x``: where ``exp`` is a normal number.
+
+    Below the smallest normal number, ``exp`` flushes to zero on GPUs and not on
+    CPUs; excluding those probabilities (under 1.2e-38 of the largest in
+    float32) makes every backend agree on the support.
+    """
+    return centred > _LOG_SMALLEST_NORMAL[centred.dtype == jnp.float64]
+
+
+# log of the smallest normal float32 / float64 number, rounded up.
+_LOG_SMALLEST_NORMAL = (math.log(float(np.finfo(np.float32).tiny)) + 1e-3,
+                        math.log(float(np.finfo(np.float64).tiny)) + 1e-9)
 
 
 def difference(q: jax.Array, p: jax.Array, read: jax.Array) -> jax.Array:
@@ -460,8 +542,12 @@ def log_ratio(p: jax.Array, q: jax.Array) -> LogRatio:
     where :math:`P\varphi(r) = (e^b - e^a(1 + r)) / S_p` away from 0.
     """
     shift_p = finite_or_zero(row_max(p))
-    e_a = jnp.exp(p - shift_p[..., None])
-    supp = support(e_a)
+    a = p - shift_p[..., None]
+    # The support from a compare of the logits, not from exp(a) > 0: a cheap
+    # mask is recomputed by every pass that reads it, where an exponential
+    # would be stored as a [rows, C] mask by the GPU and TPU compilers.
+    supp = centred_support(a)
+    e_a = jnp.where(supp, jnp.exp(a), jnp.where(jnp.isnan(a), a, 0.0))   # NaN reaches sum_p
     max_q_on = row_max(jnp.where(supp, q, -jnp.inf))
     shift_on, shift_all = finite_or_zero(max_q_on), finite_or_zero(row_max(q))
     q_on_supp_finite = supp & (q > -jnp.inf)

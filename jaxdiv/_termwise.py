@@ -38,6 +38,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from jaxdiv._numerics import (
     LogRatio,
+    current_branch,
     finite_or_zero,
     invalid,
     log_normaliser,
@@ -273,7 +274,9 @@ def _rows(space: _Space, terms: Terms, params: tuple, x: Array, y: Array, grads:
     """
     x_in, y_in = x, y
     x, y = jnp.broadcast_arrays(x, y)   # a shared reference row meets the block here
-    swap = _canonical_swap(x, y) if terms.symmetric else None
+    # On GPU and TPU the oriented pair would be stored as two [rows, C] copies
+    # (every later pass reads it); there symmetry holds to rounding only.
+    swap = _canonical_swap(x, y) if terms.symmetric and current_branch() == "cpu" else None
     x, y = _orient(x, y, swap)
     row_params = _row_params(terms, params, swap)
     stats = space.stats(x, y)
