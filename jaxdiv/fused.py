@@ -79,7 +79,7 @@ import numpy as np
 from jaxdiv import _checks, _terms
 from jaxdiv._labels import LabelStats, _softcap, _softcap_slope
 from jaxdiv._numerics import (
-    expm1mx, finite_or_zero, invalid, neg_log1pmx, row_max, row_sum, shifted_difference,
+    expm1mx, finite_or_zero, invalid, neg_log1pmx, on_platform, row_max, row_sum, shifted_difference,
 )
 from jaxdiv._termwise import Pair, _log_ratio_field
 from jaxdiv._reductions import (
@@ -110,21 +110,28 @@ _PRECISIONS = {
     "highest": jax.lax.Precision.HIGHEST,
 }
 
-# Bytes of one [N, chunk] float32 block. The products dominate the time, and
-# on a 2-core x86 (2048 x 1024 x 32000) chunks of 512 to 4096 columns ran
-# within the machine's noise of each other while the compiled temporaries grew
-# with the chunk (17 MiB at 512 columns, 161 MiB at 4096, 337 MiB at 8192).
-_CHUNK_BYTES = 1 << 24
+# Bytes of one [N, chunk] float32 block. On the CPU the products dominate the
+# time, and on a 2-core x86 (2048 x 1024 x 32000) chunks of 512 to 4096
+# columns ran within the machine's noise of each other while the compiled
+# temporaries grew with the chunk (17 MiB at 512 columns, 161 MiB at 4096, 337
+# MiB at 8192). On GPU and TPU each chunk is a few kernel launches and a
+# re-read of the hidden states (and a pass over their gradient), so chunks are
+# 16x wider: at most 64 chunks for 16384 tokens x 151936 classes.
+_CHUNK_BYTES = {"cpu": 1 << 24, "accelerator": 1 << 28}
 _MIN_CHUNK = 256
 
 
-def auto_chunk_size(num_tokens: int, vocab_size: int) -> int:
+def auto_chunk_size(num_tokens: int, vocab_size: int, platform: str = "cpu") -> int:
     """The vocabulary chunk used when ``chunk_size`` is None.
 
     The largest power of two whose ``[num_tokens, chunk]`` float32 block fits
-    in 16 MiB, at least 256 and at most ``vocab_size``.
+    in 16 MiB on the CPU (``platform="cpu"``) or 256 MiB on GPU and TPU
+    (``platform="accelerator"``), at least 256 and at most ``vocab_size``.
+    The fused losses pick the size for the platform they are compiled for.
     """
-    columns = _CHUNK_BYTES // (4 * max(num_tokens, 1))
+    if platform not in _CHUNK_BYTES:
+        raise ValueError(f"platform must be 'cpu' or 'accelerator', got {platform!r}")
+    columns = _CHUNK_BYTES[platform] // (4 * max(num_tokens, 1))
     chunk = 1 << max(int(math.log2(max(columns, 1))), int(math.log2(_MIN_CHUNK)))
     return max(1, min(chunk, vocab_size))
 
@@ -340,12 +347,24 @@ def _vmapped_batch(x) -> int:
     return batch
 
 
-def _chunk_size(chunk_size, rows: int, vocab: int, hidden=None) -> int:
+def _chunk_sizes(chunk_size, rows: int, vocab: int, hidden=None) -> tuple[int, int]:
+    """The chunk on the CPU and on the accelerators (the same when the caller picks it)."""
     if chunk_size is None:
-        return auto_chunk_size(rows * _vmapped_batch(hidden), vocab)
+        tokens = rows * _vmapped_batch(hidden)
+        return auto_chunk_size(tokens, vocab, "cpu"), auto_chunk_size(tokens, vocab, "accelerator")
     if not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}.")
-    return int(min(chunk_size, max(vocab, 1)))
+    chunk = int(min(chunk_size, max(vocab, 1)))
+    return chunk, chunk
+
+
+def _per_platform(run, cfg: "_Config", chunks: tuple[int, int]):
+    """``run(cfg)`` with the chunk of the platform the program is compiled for."""
+    cpu, accelerator = chunks
+    if cpu == accelerator:
+        return run(cfg._replace(chunk=cpu))
+    return on_platform(cpu=lambda: run(cfg._replace(chunk=cpu)),
+                       accelerator=lambda: run(cfg._replace(chunk=accelerator)))
 
 
 def _positions(where, batch, described) -> Optional[Array]:
@@ -558,10 +577,13 @@ def linear_cross_entropy(
         labels = jnp.where(valid, labels, 0)
     smoothing = not _is_static_zero(label_smoothing)
     cfg = _Config(
-        chunk=_chunk_size(chunk_size, h.shape[0], vocab, h), vocab_axis=axis,
-        precision=_precision(precision), softcap=cap, smoothing=smoothing,
+        chunk=0, vocab_axis=axis, precision=_precision(precision), softcap=cap, smoothing=smoothing,
     )
-    stats = _linear_label_stats(cfg, _unread(h, valid), w, b, labels, valid)
+    h_read = _unread(h, valid)
+    stats = _per_platform(
+        lambda c: _linear_label_stats(c, h_read, w, b, labels, valid), cfg,
+        _chunk_sizes(chunk_size, h.shape[0], vocab, h),
+    )
     stats = jax.tree.map(lambda s: s.reshape(batch), stats)
     valid = None if valid is None else valid.reshape(batch)
     return _cross_entropy_from_stats(
@@ -868,11 +890,14 @@ def linear_distillation_loss(
     if not teacher_is_logits:
         teacher = (_unread(teacher[0], valid),) + tuple(teacher[1:])
     cfg = _Config(
-        chunk=_chunk_size(chunk_size, h.shape[0], vocab, h), vocab_axis=axis,
-        precision=_precision(precision), kind=kind, beta=beta,
+        chunk=0, vocab_axis=axis, precision=_precision(precision), kind=kind, beta=beta,
         inverse_temperature=1.0 / temperature, teacher_is_logits=teacher_is_logits,
     )
-    value = _linear_divergence(cfg, _unread(h, valid), w, b, teacher, valid).reshape(batch)
+    h_read = _unread(h, valid)
+    value = _per_platform(
+        lambda c: _linear_divergence(c, h_read, w, b, teacher, valid), cfg,
+        _chunk_sizes(chunk_size, h.shape[0], vocab, h),
+    ).reshape(batch)
     if temperature != 1.0:
         value = value * temperature**2
     valid = None if valid is None else valid.reshape(batch)
