@@ -7,6 +7,9 @@ roofline proxy, forward and forward+backward, sweeps the headline kernels over
 sizes and dtypes, measures compiled memory, achieved bandwidth and float32
 accuracy against float64, prints a summary and writes ``results.json``,
 ``results.md`` and PNG plots into ``--out``.
+
+``--accelerator-model`` runs the accelerator-model report instead
+(``benchmarks/accelerator_model.py``): no timing, compiles only.
 """
 
 from __future__ import annotations
@@ -109,6 +112,10 @@ def parse_args(argv=None):
     parser.add_argument("--no-accuracy", action="store_true")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmark-results")
+    parser.add_argument("--accelerator-model", action="store_true",
+                        help="instead of timing, compile every kernel for an H100 and a TPU v5e on this "
+                             "machine and report launches, temporaries and modelled traffic "
+                             "(installs jax's CUDA plugin and libtpu into .venv-accel on first use)")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.budget = 2, 0.1
@@ -594,6 +601,13 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    if "--accelerator-model" in sys.argv[1:]:
+        # Compiles for an H100 and a TPU v5e on this machine; runs nothing.
+        from benchmarks import accelerator_model
+
+        accelerator_model.ensure_accel_venv()
+        accelerator_model.main(sys.argv[1:])
+        sys.exit(0)
     from benchmarks._env import ensure_venv
 
     ensure_venv()
