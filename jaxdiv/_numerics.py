@@ -346,7 +346,8 @@ def map_rows(fn, *arrays, linear=()):
         else:
             mapped.append(jnp.broadcast_to(a, batch + inner).reshape((rows,) + inner))
             shared.append(None)
-    num_classes = max(max((a.shape[-1] for a in arrays if a.ndim), default=1), 1)
+    # Arrays without a class axis (per-row statistics) are split with the rows.
+    num_classes = max(max((a.shape[-1] for a in arrays if a.ndim == nb + 1), default=1), 1)
     block = max(1, min(rows, _BLOCK_ELEMENTS // num_classes))
     dtypes = [a.dtype for a in arrays]
 
@@ -548,7 +549,10 @@ def log_ratio(p: jax.Array, q: jax.Array) -> LogRatio:
     # would be stored as a [rows, C] mask by the GPU and TPU compilers.
     supp = centred_support(a)
     e_a = jnp.where(supp, jnp.exp(a), jnp.where(jnp.isnan(a), a, 0.0))   # NaN reaches sum_p
-    max_q_on = row_max(jnp.where(supp, q, -jnp.inf))
+    # The same mask spelled differently (a - T > 0 exactly when a > T): XLA
+    # would otherwise compute it once, in the pass that finds max_q_on, and
+    # store it as a [rows, C] array for the pass that forms the sums.
+    max_q_on = row_max(jnp.where(a - _LOG_SMALLEST_NORMAL[a.dtype == jnp.float64] > 0, q, -jnp.inf))
     shift_on, shift_all = finite_or_zero(max_q_on), finite_or_zero(row_max(q))
     q_on_supp_finite = supp & (q > -jnp.inf)
 

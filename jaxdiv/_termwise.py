@@ -254,11 +254,13 @@ def _row_params(terms: Terms, params: tuple, swap: Optional[Array]) -> tuple:
 
 
 class _Rows(NamedTuple):
+    """Per-row results of one block: all ``[...]``."""
+
     value: Array
     stats: NamedTuple
-    swap: Optional[Array]
-    coef_x: Optional[Array] = None   # dD/dx, [..., C]
-    coef_y: Optional[Array] = None
+    swap: Array                     # the pair was evaluated as (y, x)
+    sum_a: Optional[Array] = None   # sum_i dt/dlog P_i (0 where the gradient is 0)
+    sum_b: Optional[Array] = None   # sum_i dt/dlog Q_i
 
 
 def _has_mass(space: _Space, terms: Terms, stats) -> Array:
@@ -266,19 +268,25 @@ def _has_mass(space: _Space, terms: Terms, stats) -> Array:
     return mass & space.has_q(stats) if terms.symmetric else mass
 
 
-def _rows(space: _Space, terms: Terms, params: tuple, x: Array, y: Array, grads: bool) -> _Rows:
-    """The value of a block of rows and, with ``grads``, its gradient coefficients.
+def _live(space: _Space, terms: Terms, stats, value: Array) -> Array:
+    # A +inf value is locally constant and a row without mass contributes
+    # nothing: both get a zero gradient.
+    return (jnp.isfinite(value) & _has_mass(space, terms, stats))[..., None]
 
-    The coefficients are formed here, inside the block, where the pair and
-    its branches are still in cache; outside, each would be a pass over memory.
-    """
-    x_in, y_in = x, y
+
+def _oriented_pair(space: _Space, terms: Terms, params: tuple, x: Array, y: Array, swap):
+    x, y = _orient(x, y, swap)
+    return x, y, _row_params(terms, params, swap)
+
+
+def _rows(space: _Space, terms: Terms, params: tuple, x: Array, y: Array, grads: bool) -> _Rows:
+    """The value of a block of rows and, with ``grads``, the row sums its gradient needs."""
     x, y = jnp.broadcast_arrays(x, y)   # a shared reference row meets the block here
     # On GPU and TPU the oriented pair would be stored as two [rows, C] copies
     # (every later pass reads it); there symmetry holds to rounding only.
-    swap = _canonical_swap(x, y) if terms.symmetric and current_branch() == "cpu" else None
-    x, y = _orient(x, y, swap)
-    row_params = _row_params(terms, params, swap)
+    oriented = terms.symmetric and current_branch() == "cpu"
+    swap = _canonical_swap(x, y) if oriented else jnp.zeros(x.shape[:-1], bool)
+    x, y, row_params = _oriented_pair(space, terms, params, x, y, swap if oriented else None)
     stats = space.stats(x, y)
     pair = space.pair(x, y, stats)
     value = jnp.maximum(row_sum(terms.term(pair, row_params)), 0.0)
@@ -287,22 +295,33 @@ def _rows(space: _Space, terms: Terms, params: tuple, x: Array, y: Array, grads:
         value = jnp.minimum(value, bound[..., 0] if bound.ndim else bound)
     if terms.empty_q is not None:
         value = jnp.where(space.has_q(stats), value, terms.empty_q)
-    mass = _has_mass(space, terms, stats)
-    value = jnp.where(mass, value, 0.0)
+    value = jnp.where(_has_mass(space, terms, stats), value, 0.0)
     value = jnp.where(space.invalid(stats), jnp.nan, value)
     if not grads:
         return _Rows(value, stats, swap)
-    # dD/dx_j = a_j - P_j sum(a); a +inf value is locally constant and a row
-    # without mass contributes nothing, so both get a zero gradient.
-    live = (jnp.isfinite(value) & mass)[..., None]
-    d_log_p = terms.d_log_p(pair, row_params)
-    d_log_q = terms.d_log_q(pair, row_params)
-    sum_a = jnp.where(live, row_sum(d_log_p)[..., None], 0.0)
-    sum_b = jnp.where(live, row_sum(d_log_q)[..., None], 0.0)
-    coef_a = jnp.where(live, d_log_p - pair.p * sum_a, 0.0)
-    coef_b = jnp.where(live, d_log_q - pair.q * sum_b, 0.0)
+    live = _live(space, terms, stats, value)
+    sum_a = jnp.where(live[..., 0], row_sum(terms.d_log_p(pair, row_params)), 0.0)
+    sum_b = jnp.where(live[..., 0], row_sum(terms.d_log_q(pair, row_params)), 0.0)
+    return _Rows(value, stats, swap, sum_a, sum_b)
+
+
+def _coefficients(space: _Space, terms: Terms, params: tuple, x: Array, y: Array, rows: _Rows):
+    """``dD/dx`` and ``dD/dy``, ``[..., C]``: ``a_j - P_j sum(a)`` from the saved row sums.
+
+    Elementwise given the row statistics, so reverse mode writes the gradient
+    arrays in one pass that re-reads the inputs and stores nothing.
+    """
+    x_in, y_in = x, y
+    x, y = jnp.broadcast_arrays(x, y)
+    oriented = terms.symmetric and current_branch() == "cpu"
+    swap = rows.swap if oriented else None
+    x, y, row_params = _oriented_pair(space, terms, params, x, y, swap)
+    pair = space.pair(x, y, rows.stats)
+    live = _live(space, terms, rows.stats, rows.value)
+    coef_a = jnp.where(live, terms.d_log_p(pair, row_params) - pair.p * rows.sum_a[..., None], 0.0)
+    coef_b = jnp.where(live, terms.d_log_q(pair, row_params) - pair.q * rows.sum_b[..., None], 0.0)
     coef_x, coef_y = _orient(coef_a, coef_b, swap)
-    return _Rows(value, stats, swap, space.chain(coef_x, x_in), space.chain(coef_y, y_in))
+    return space.chain(coef_x, x_in), space.chain(coef_y, y_in)
 
 
 def divergence(space: _Space, terms: Terms, x: Array, y: Array, params: tuple = ()) -> Array:
@@ -336,21 +355,27 @@ def _build(space: _Space, terms: Terms):
                 "jaxdiv does not differentiate divergences with respect to their "
                 "parameters (alpha, beta); pass them through jax.lax.stop_gradient."
             )
-        dx = jnp.zeros_like(x) if isinstance(dx, SymbolicZero) else dx
-        dy = jnp.zeros_like(y) if isinstance(dy, SymbolicZero) else dy
+        # Two evaluations over the rows: the row statistics and the sums of
+        # the gradient coefficients (kept for the backward pass), then the
+        # tangent, elementwise given them, which reverse mode transposes into
+        # one pass that writes the gradient arrays.
+        rows = map_rows(lambda a, b: _rows(space, terms, params, a, b, True), x, y)
+        rows = row_stats(rows)
+        leaves, tree = jax.tree.flatten(rows)
 
-        # The tangent is formed inside each block, so that reverse mode
-        # transposes it block by block too: the gradient arrays are written
-        # straight from cache-resident coefficients, which are never stored.
-        @jax.checkpoint
-        def block(a, b, da, db):
-            rows = _rows(space, terms, params, a, b, True)
-            return rows.value, rows.stats, _inner(rows.coef_x, da) + _inner(rows.coef_y, db)
+        # A symbolic-zero tangent (the reference of a loss) is left out.
+        live = [t for t in (dx, dy) if not isinstance(t, SymbolicZero)]
+        if not live:
+            return rows.value, jnp.zeros_like(rows.value)
 
-        value, stats, tangent = map_rows(block, x, y, dx, dy, linear=(2, 3))
-        value, stats = row_stats((value, stats))
+        def tangent_rows(a, b, *rest):
+            ts, row_leaves = iter(rest[: len(live)]), rest[len(live):]
+            coefs = _coefficients(space, terms, params, a, b, jax.tree.unflatten(tree, row_leaves))
+            return sum(_inner(c, next(ts)) for c, t in zip(coefs, (dx, dy)) if not isinstance(t, SymbolicZero))
+
+        tangent = map_rows(tangent_rows, x, y, *live, *leaves, linear=tuple(range(2, 2 + len(live))))
         # NaN inputs poison their own row's gradient, linearly.
-        return value, tangent * jnp.where(space.invalid(stats), jnp.nan, 1.0)
+        return rows.value, tangent * jnp.where(space.invalid(rows.stats), jnp.nan, 1.0)
 
     value.defjvp(value_jvp, symbolic_zeros=True)
     return recompute_in_backward(value)
