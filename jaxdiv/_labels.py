@@ -87,7 +87,9 @@ def _rows(cap, smoothing, weights, x, target, valid=None) -> LabelStats:
     if jnp.issubdtype(target.dtype, jnp.integer):
         in_range = (target >= 0) & (target < num_classes)
         index = jnp.clip(target, 0, max(num_classes - 1, 0))[..., None]
-        picked = jnp.take_along_axis(norm.centred, index, axis=-1)[..., 0]
+        # Picked from x, then centred: a gather out of the centred logits would
+        # have the TPU store them whole (the same float either way).
+        picked = jnp.take_along_axis(x, index, axis=-1)[..., 0] - norm.shift
         finite = picked > -jnp.inf
         nll = jnp.where(finite, norm.log_sum - jnp.where(finite, picked, 0.0), jnp.inf)
         nll = jnp.where(jnp.isfinite(norm.log_sum), nll, jnp.inf)

@@ -176,23 +176,24 @@ def _log_sum_exp(norm) -> Array:
 
 
 def _xent_rows(p: Array, q: Array) -> _XentStats:
-    r""":math:`H(P, Q) = \sum_{\mathrm{supp} P} P_i (-\log Q_i)`, a sum of non-negative terms.
+    r""":math:`H(P, Q) = L_q + \sum_{\mathrm{supp} P} P_i (\max q - q_i)`, a sum of non-negative parts.
 
-    Each ``-log Q_i = log1p(sum_{j != argmax} e^{b_j}) - b_i`` is accurate to a
-    rounding, so confident predictions (CE ~ 1e-7) and tiny entropies keep full
-    relative accuracy instead of cancelling ``lse(q) - <P, q>``.
+    With :math:`L_q = \mathrm{log1p}(\sum_{j \ne \arg\max} e^{q_j - \max q})`
+    (the accurate log-normaliser), :math:`-\log Q_i = L_q + (\max q - q_i)`
+    and both parts are :math:`\ge 0`, so confident predictions (CE ~ 1e-7) and
+    tiny entropies keep full relative accuracy instead of cancelling
+    ``lse(q) - <P, q>``. Written this way, :math:`L_q` and the weighted sum
+    come out of the same pass over the inputs.
     """
     norm_p = log_normaliser(p)
     norm_q = norm_p if q is p else log_normaliser(q)
     supp = support(norm_p.exp_centred)
     read = supp & (q > -jnp.inf)
-    centred_q = jnp.where(read, norm_q.centred, 0.0)
-    # -log Q_i >= 0, and +inf where Q_i = 0 < P_i.
-    neg_log_q = jnp.where(read, norm_q.log_sum[..., None] - centred_q, jnp.inf)
-    neg_log_q = jnp.where(supp, neg_log_q, 0.0)
+    # max q - q_i >= 0 where read, +inf where Q_i = 0 < P_i.
+    gap = jnp.where(read, -jnp.where(read, norm_q.centred, 0.0), jnp.where(supp, jnp.inf, 0.0))
     has_p = norm_p.log_sum > -jnp.inf
     mass = jnp.exp(jnp.where(has_p, norm_p.log_sum, 0.0))
-    value = row_sum(norm_p.exp_centred * neg_log_q) / mass
+    value = finite_or_zero(norm_q.log_sum) + row_sum(norm_p.exp_centred * gap) / mass
     value = jnp.where(has_p, value, 0.0)
     value = jnp.where(invalid(norm_p.log_sum) | invalid(norm_q.log_sum), jnp.nan, value)
     return _XentStats(value, _log_sum_exp(norm_p), _log_sum_exp(norm_q))
