@@ -34,8 +34,9 @@ TARGET_SHAPE = (4096, 32000)
 DEFAULTS = {
     "cpu": {"size": (1024, 32000), "sweep": [(256, 1024), TARGET_SHAPE, (1024, 128256)],
             "gaussian": (65536, 256), "gaussian_sweep": [(1024, 64), (16384, 2048)]},
+    # The accelerator issue's shapes; meant to finish within 8 minutes on an H100.
     "gpu": {"size": (4096, 32000),
-            "sweep": [(256, 1024), (1024, 128256), (16384, 131072), (8192, 256000)],
+            "sweep": [(16384, 131072), (8192, 128256)],
             "gaussian": (65536, 256), "gaussian_sweep": [(1024, 64), (16384, 2048), (262144, 512)]},
     "quick": {"size": (256, 1024), "sweep": [(64, 4096)],
               "gaussian": (1024, 64), "gaussian_sweep": [(256, 16)]},
@@ -47,7 +48,7 @@ DEFAULTS["tpu"] = DEFAULTS["gpu"]
 LINEAR_TARGET = (8192, 1024, 128256)
 LINEAR_DEFAULTS = {
     "cpu": ([(2048, 1024, 32000)], "float32"),
-    "gpu": ([(16384, 4096, 151936), (8192, 1024, 128256)], "bfloat16"),
+    "gpu": ([(16384, 4096, 151936)], "bfloat16"),
     "quick": ([(64, 32, 1000)], "float32"),
 }
 LINEAR_DEFAULTS["tpu"] = LINEAR_DEFAULTS["gpu"]
