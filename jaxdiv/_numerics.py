@@ -379,8 +379,9 @@ def map_rows(fn, *arrays, linear=()):
 
     mapped_positions = [i for i, m in enumerate(mapped) if m is not None]
     xs = tuple(m for m in mapped if m is not None)
-    if rows // block <= 1:
-        out = on_platform(xs, cpu=_traced_as("cpu", run), accelerator=_traced_as("accelerator", run))
+    if rows // block <= 1 and _forced_branch is None:
+        # One cache-sized block: both formulations are one pass, the CPU's serves all.
+        out = run(xs)
     else:
         out = on_platform(xs, cpu=_traced_as("cpu", blocked), accelerator=_traced_as("accelerator", run))
     return jax.tree.map(lambda o: o.reshape(batch + o.shape[1:]), out)
