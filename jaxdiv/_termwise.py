@@ -44,6 +44,7 @@ from jaxdiv._numerics import (
     log_normaliser,
     log_ratio,
     map_rows,
+    on_platform,
     recompute_in_backward,
     row_stats,
     row_sum,
@@ -329,9 +330,15 @@ def divergence(space: _Space, terms: Terms, x: Array, y: Array, params: tuple = 
     return _build(space, terms)(x, y, tuple(params))
 
 
+def _live_only(ts, tangents):
+    """Pair the non-symbolic tangents ``ts`` with their places among ``tangents`` (0 elsewhere)."""
+    it = iter(ts)
+    return [None if isinstance(t, SymbolicZero) else next(it) for t in tangents]
+
+
 def _inner(coef: Array, tangent) -> Array:
-    """Row-wise ``<coef, tangent>`` over the class axis, skipping symbolic zeros."""
-    if isinstance(tangent, SymbolicZero):
+    """Row-wise ``<coef, tangent>`` over the class axis, skipping symbolic zeros (and None)."""
+    if tangent is None or isinstance(tangent, SymbolicZero):
         return jnp.zeros(coef.shape[:-1], coef.dtype)
     return row_sum(coef * tangent)
 
@@ -355,25 +362,40 @@ def _build(space: _Space, terms: Terms):
                 "jaxdiv does not differentiate divergences with respect to their "
                 "parameters (alpha, beta); pass them through jax.lax.stop_gradient."
             )
-        # Two evaluations over the rows: the row statistics and the sums of
-        # the gradient coefficients (kept for the backward pass), then the
-        # tangent, elementwise given them, which reverse mode transposes into
-        # one pass that writes the gradient arrays.
-        rows = map_rows(lambda a, b: _rows(space, terms, params, a, b, True), x, y)
-        rows = row_stats(rows)
-        leaves, tree = jax.tree.flatten(rows)
-
         # A symbolic-zero tangent (the reference of a loss) is left out.
         live = [t for t in (dx, dy) if not isinstance(t, SymbolicZero)]
-        if not live:
-            return rows.value, jnp.zeros_like(rows.value)
+        linear = tuple(range(2, 2 + len(live)))
 
-        def tangent_rows(a, b, *rest):
-            ts, row_leaves = iter(rest[: len(live)]), rest[len(live):]
-            coefs = _coefficients(space, terms, params, a, b, jax.tree.unflatten(tree, row_leaves))
-            return sum(_inner(c, next(ts)) for c, t in zip(coefs, (dx, dy)) if not isinstance(t, SymbolicZero))
+        def tangent_of(a, b, rows, ts):
+            coefs = _coefficients(space, terms, params, a, b, rows)
+            zero = jnp.zeros(rows.value.shape, rows.value.dtype)
+            return sum((_inner(c, t) for c, t in zip(coefs, _live_only(ts, (dx, dy)))), zero)
 
-        tangent = map_rows(tangent_rows, x, y, *live, *leaves, linear=tuple(range(2, 2 + len(live))))
+        # CPU: statistics, coefficients and tangent block by block, in cache;
+        # reverse mode recomputes each block (checkpoint) and transposes it.
+        @jax.checkpoint
+        def block(a, b, *ts):
+            rows = _rows(space, terms, params, a, b, True)
+            return rows, tangent_of(a, b, rows, ts)
+
+        def in_blocks():
+            rows, tangent = map_rows(block, x, y, *live, linear=linear)
+            return row_stats(rows), tangent
+
+        # GPU/TPU: the row statistics and the coefficient sums first, kept for
+        # the backward pass; then the tangent, elementwise given them, which
+        # reverse mode transposes into one pass writing the gradients.
+        def in_two_passes():
+            rows = row_stats(map_rows(lambda a, b: _rows(space, terms, params, a, b, True), x, y))
+            leaves, tree = jax.tree.flatten(rows)
+            tangent = map_rows(
+                lambda a, b, *rest: tangent_of(
+                    a, b, jax.tree.unflatten(tree, rest[len(live):]), rest[: len(live)]),
+                x, y, *live, *leaves, linear=linear,
+            )
+            return rows, tangent
+
+        rows, tangent = on_platform(cpu=in_blocks, accelerator=in_two_passes)
         # NaN inputs poison their own row's gradient, linearly.
         return rows.value, tangent * jnp.where(space.invalid(rows.stats), jnp.nan, 1.0)
 

@@ -177,7 +177,10 @@ FUNCTIONS = {
     "hellinger": lambda p, q: jaxdiv.hellinger_distance(p, q),
     "renyi": lambda p, q: jaxdiv.renyi_divergence(p, q, 0.5),
     "jeffreys": lambda p, q: jaxdiv.jeffreys_divergence(p, q),
-    "probs.kl": lambda p, q: probs.kl_divergence(jnp.exp(p), jnp.exp(q)),
+    # The barrier stops XLA from rewriting log(exp(x)) as x inside jaxdiv,
+    # which turns a probability that underflowed to 0 (exp(-1e30)) back into
+    # a tiny positive one when the exp is compiled in the same fusion.
+    "probs.kl": lambda p, q: probs.kl_divergence(*jax.lax.optimization_barrier((jnp.exp(p), jnp.exp(q)))),
     "distillation": lambda p, q: losses.distillation_loss(p, q, temperature=2.0, reduction="none"),
     "softmax_cross_entropy": lambda p, q: losses.softmax_cross_entropy(
         q, jnp.arange(q.shape[0]) % q.shape[1], label_smoothing=0.1, z_loss=1e-3, reduction="none"),
