@@ -56,6 +56,10 @@ class LabelStats(NamedTuple):
     log_normaliser: Array  # log sum exp(x); -inf at dropped rows and rows without support
     uniform_nll: Array     # sum_{x_c > -inf} w_c (-log Q_c) / n; 0 unless smoothing is asked
     top1: Array            # 1.0 where the label is an arg max of the logits, else 0.0
+    # With smoothing: the finite logits' count and class weight, kept so that
+    # the backward pass need not read the logits again for them.
+    count: Optional[Array] = None
+    total_weight: Optional[Array] = None
 
 
 def _softcap(x: Array, cap: Optional[float]) -> Array:
@@ -114,15 +118,17 @@ def _rows(cap, smoothing, weights, x, target, valid=None) -> LabelStats:
         # sum_c w_c (log_sum - centred_c): both parts are >= 0, nothing cancels.
         uniform = (total_weight * norm.log_sum - weighted_centred) / jnp.maximum(count, 1.0)
         uniform = jnp.where(has_mass, uniform, 0.0)
+        smoothing_sums = (count, total_weight)
     else:
         uniform = jnp.zeros_like(norm.log_sum)
+        smoothing_sums = (None, None)
     lse = norm.shift + norm.log_sum
     if valid is not None:
         nll = jnp.where(valid, nll, 0.0)
         top1 = top1 & valid
     nll = jnp.where(bad, jnp.nan, nll)
     uniform = jnp.where(bad, jnp.nan, uniform)
-    return LabelStats(nll, lse, uniform, top1.astype(x.dtype))
+    return LabelStats(nll, lse, uniform, top1.astype(x.dtype), *smoothing_sums)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
@@ -161,14 +167,14 @@ def _label_stats_jvp(cap, smoothing, primals, tangents):
     else:
         weighted = target if weights is None else target * weights
         d_nll = row_sum(weighted) * d_lse - row_sum(weighted * dlogits)
+    zero = jnp.zeros_like(d_lse)
     if smoothing:
         read = x > -jnp.inf
         w = read.astype(x.dtype) if weights is None else jnp.where(read, weights, 0.0)
-        count = jnp.maximum(row_sum(read.astype(x.dtype)), 1.0)
-        d_uniform = (row_sum(w) * d_lse - row_sum(w * dlogits)) / count
+        d_uniform = (stats.total_weight * d_lse - row_sum(w * dlogits)) / jnp.maximum(stats.count, 1.0)
+        tangent = LabelStats(d_nll, d_lse, d_uniform, zero, zero, zero)
     else:
-        d_uniform = jnp.zeros_like(d_lse)
-    tangent = LabelStats(d_nll, d_lse, d_uniform, jnp.zeros_like(d_lse))
+        tangent = LabelStats(d_nll, d_lse, zero, zero)
     return stats, tangent
 
 
