@@ -371,31 +371,25 @@ def _build(space: _Space, terms: Terms):
             zero = jnp.zeros(rows.value.shape, rows.value.dtype)
             return sum((_inner(c, t) for c, t in zip(coefs, _live_only(ts, (dx, dy)))), zero)
 
-        # CPU: statistics, coefficients and tangent block by block, in cache;
-        # reverse mode recomputes each block (checkpoint) and transposes it.
+        # The row statistics and the coefficient sums, kept for the backward pass.
+        rows = row_stats(map_rows(lambda a, b: _rows(space, terms, params, a, b, True), x, y))
+        leaves, tree = jax.tree.flatten(rows)
+
+        # CPU: each row block recomputes its statistics and forms the tangent
+        # in cache (checkpointed: reverse mode replays the block, keeping nothing).
         @jax.checkpoint
         def block(a, b, *ts):
-            rows = _rows(space, terms, params, a, b, True)
-            return rows, tangent_of(a, b, rows, ts)
+            return tangent_of(a, b, _rows(space, terms, params, a, b, True), ts)
 
-        def in_blocks():
-            rows, tangent = map_rows(block, x, y, *live, linear=linear)
-            return row_stats(rows), tangent
-
-        # GPU/TPU: the row statistics and the coefficient sums first, kept for
-        # the backward pass; then the tangent, elementwise given them, which
+        # GPU/TPU: the tangent elementwise given the saved statistics, which
         # reverse mode transposes into one pass writing the gradients.
-        def in_two_passes():
-            rows = row_stats(map_rows(lambda a, b: _rows(space, terms, params, a, b, True), x, y))
-            leaves, tree = jax.tree.flatten(rows)
-            tangent = map_rows(
-                lambda a, b, *rest: tangent_of(
-                    a, b, jax.tree.unflatten(tree, rest[len(live):]), rest[: len(live)]),
-                x, y, *live, *leaves, linear=linear,
-            )
-            return rows, tangent
+        def given_rows(a, b, *rest):
+            return tangent_of(a, b, jax.tree.unflatten(tree, rest[len(live):]), rest[: len(live)])
 
-        rows, tangent = on_platform(cpu=in_blocks, accelerator=in_two_passes)
+        tangent = on_platform(
+            cpu=lambda: map_rows(block, x, y, *live, linear=linear),
+            accelerator=lambda: map_rows(given_rows, x, y, *live, *leaves, linear=linear),
+        )
         # NaN inputs poison their own row's gradient, linearly.
         return rows.value, tangent * jnp.where(space.invalid(rows.stats), jnp.nan, 1.0)
 

@@ -87,7 +87,8 @@ def test_default_plans_cover_the_promised_sweep():
     assert {k for k, _, _ in cpu} == set(cases.KERNELS)
     assert len({s for k, s, _ in cpu if k == "gaussian_kl"}) >= 3
     gpu = {s for k, s, _ in report.plan(report.parse_args([]), "gpu") if k == "ce_labels"}
-    assert {(16384, 131072), (8192, 256000)} <= gpu
+    # The accelerator issue's shapes.
+    assert {(16384, 131072), (8192, 128256)} <= gpu
     only = report.plan(report.parse_args(["--kernels", "js", "--dtypes", "float32"]), "cpu")
     assert only == [("js", (1024, 32000), "float32")]
     with pytest.raises(SystemExit):
@@ -192,7 +193,6 @@ def test_linear_plans():
         ("linear_ce", (2048, 1024, 32000), "float32"), ("linear_distill", (2048, 1024, 32000), "float32")]
     gpu = report.linear_plan(args, "gpu")
     assert ("linear_ce", (16384, 4096, 151936), "bfloat16") in gpu
-    assert ("linear_ce", report.LINEAR_TARGET, "bfloat16") in gpu
     assert report.linear_plan(report.parse_args(["--linear-sizes"]), "cpu") == []
     with pytest.raises(SystemExit):
         report.parse_args(["--linear-sizes", "8192x1024"])
