@@ -365,6 +365,9 @@ def map_rows(fn, *arrays, linear=()):
         # XLA:CPU widens a 16-bit float array that a loop slices to float32 as
         # a whole before the loop; carried as its bits, each block is widened alone.
         xs = tuple(x if i in linear else _as_bits(x) for i, x in zip(mapped_positions, xs))
+        outer = _outer_rows(rows, block)
+        if outer is not None:
+            return _strided_blocks(run, xs, rows, outer, bool(linear))
         full = rows // block
         if full <= 1:
             return run(xs)
@@ -385,6 +388,58 @@ def map_rows(fn, *arrays, linear=()):
     else:
         out = on_platform(xs, cpu=_traced_as("cpu", blocked), accelerator=_traced_as("accelerator", run))
     return jax.tree.map(lambda o: o.reshape(batch + o.shape[1:]), out)
+
+
+# A block takes ``outer`` rows strided by ``rows // outer``: row ``o * K + k``
+# is in block ``k``. The rows a device owns under a batch sharding are then a
+# slice of every block, so the partitioner keeps the loop sharded (a loop over
+# contiguous blocks would walk across devices, and it gathers them instead).
+# Meshes of up to this many devices along the batch always divide ``outer``.
+_SHARD_GRANULE = 8
+
+
+def _outer_rows(rows: int, block: int):
+    """Rows per strided block: a divisor of ``rows`` near ``block``; None if none is near."""
+    granule = math.gcd(rows, _SHARD_GRANULE)
+    best = None
+    for d in _divisors(rows // granule):
+        size = d * granule
+        if size <= max(block, granule) and (best is None or size > best):
+            best = size
+    # Rows with a poor factorisation (a large prime) would make tiny blocks:
+    # contiguous blocks with a shorter last one serve them better.
+    if best is None or best * 16 < block or best == rows:
+        return None
+    return best
+
+
+def _divisors(n: int):
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return small + [n // d for d in reversed(small) if d * d != n]
+
+
+def _strided_blocks(run, xs, rows: int, outer: int, linear: bool):
+    steps = rows // outer
+    views = tuple(x.reshape((outer, steps) + x.shape[1:]) for x in xs)
+
+    def read_and_run(k, views):
+        return run(tuple(jax.lax.dynamic_index_in_dim(v, k, axis=1, keepdims=False) for v in views))
+
+    # Under reverse mode a slice read in the loop would be saved per step, a
+    # whole input stacked; recomputed from the loop-invariant views, it is not.
+    read_and_run = jax.checkpoint(read_and_run) if linear else read_and_run
+
+    def block(k):
+        return read_and_run(k, views)
+
+    def body(k, out):
+        return jax.tree.map(
+            lambda buf, o: jax.lax.dynamic_update_index_in_dim(buf, o, k, axis=1), out, block(k))
+
+    shapes = jax.eval_shape(block, 0)
+    out = jax.tree.map(lambda s: jnp.zeros((outer, steps) + s.shape[1:], s.dtype), shapes)
+    out = jax.lax.fori_loop(0, steps, body, out)
+    return jax.tree.map(lambda o: o.reshape((rows,) + o.shape[2:]), out)
 
 
 def _as_bits(x):

@@ -1,0 +1,69 @@
+"""Data parallelism without gathering: every public kernel, loss and fused head,
+forward and value+grad, compiled with its batch sharded over 4 and 8 host devices.
+
+Each device count runs in its own process (``tests/many_devices.py``), so the
+count does not leak into the rest of the suite; the three run at once.
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests import many_devices
+from tests.many_devices import CLASSES, HIDDEN, ROWS
+
+COUNTS = (4, 8)
+# The fused heads' weight is replicated under data parallelism: its gradient is
+# summed over the devices (the all-reduce every data-parallel step makes), and
+# every device reads all of it.
+WEIGHT = HIDDEN * CLASSES
+
+
+@pytest.fixture(scope="module")
+def reports():
+    with ThreadPoolExecutor(3) as pool:
+        found = list(pool.map(many_devices.run, (1,) + COUNTS))
+    return {r["devices"]: r["programs"] for r in found}
+
+
+def test_no_collective_grows_with_the_classes(reports):
+    # O(rows) scalars at most; before, an all-gather of the whole [rows, C] logits.
+    bad = []
+    for n in COUNTS:
+        for name, entry in reports[n].items():
+            for op, elements in entry["collectives"]:
+                allowed = WEIGHT + 1 if name.startswith("fused.") and op == "all-reduce" else 2 * ROWS
+                if elements > allowed:
+                    bad.append((n, name, op, elements))
+    assert not bad, bad
+
+
+def test_no_device_holds_more_than_its_shard(reports):
+    bad = []
+    for n in COUNTS:
+        for name, entry in reports[n].items():
+            # the largest array divides too (the fused heads' replicated weight aside)
+            allowed = max(reports[1][name]["largest"] // n, WEIGHT if name.startswith("fused.") else 0)
+            if entry["largest"] > allowed:
+                bad.append((n, name, entry["largest"], allowed))
+    assert not bad, bad
+
+
+def test_the_work_divides(reports):
+    # Each device's compiled flops are 1/N of the single-device program's. XLA
+    # counts a loop body once whatever its trip count; the CPU's blocks here take
+    # the same number of steps on 1, 4 and 8 devices, so the counts compare.
+    # Bytes too, but for the fused heads: every device reads the whole weight.
+    # JS value+grad's partitioned program repeats some adds and multiplies in
+    # its fusions (+14%; its exponentials and logs divide exactly). A few KiB of
+    # per-device overhead (scalars, constants) are allowed for the small programs.
+    bad = []
+    for n in COUNTS:
+        for name, entry in reports[n].items():
+            one = reports[1][name]
+            bound = 1.15 if name.startswith("js_") else 1.10
+            if entry["flops"] > bound * one["flops"] / n + 1024:
+                bad.append((n, name, "flops", entry["flops"] * n / one["flops"]))
+            if not name.startswith("fused.") and entry["bytes"] > 1.10 * one["bytes"] / n + 4096:
+                bad.append((n, name, "bytes", entry["bytes"] * n / one["bytes"]))
+    assert not bad, bad
