@@ -328,11 +328,12 @@ def map_rows(fn, *arrays, linear=()):
 
     On GPU and TPU ``fn`` runs once on the whole arrays: their compilers fuse
     the selects of the stable formulas into the reductions, so each statistic
-    is a streaming pass, and any loop would only add kernel launches (and stop
-    a sharded batch from staying sharded). On the CPU, whose fused reductions
-    cannot hold a select, the rows go through ``lax.map`` in cache-sized
-    blocks, 16-bit arrays carried as their bits and widened block by block.
-    ``linear`` lists the positions of tangents (bit casts have no transpose).
+    is a streaming pass, and any loop would only add kernel launches. On the
+    CPU, whose fused reductions cannot hold a select, the rows go through a
+    loop in cache-sized blocks, 16-bit arrays carried as their bits and widened
+    block by block. Either way a batch sharded over devices (along any of its
+    dimensions) stays sharded: see :func:`_strided_blocks`. ``linear`` lists
+    the positions of tangents (bit casts have no transpose).
     """
     nb = arrays[0].ndim - 1
     batch = tuple(np.broadcast_shapes(*(a.shape[:nb] for a in arrays)))
@@ -341,76 +342,69 @@ def map_rows(fn, *arrays, linear=()):
     for a in arrays:
         inner = a.shape[nb:]
         if all(d == 1 for d in a.shape[:nb]) and rows != 1:
-            shared.append(a.reshape((1,) + inner))
+            shared.append(a)
             mapped.append(None)
         else:
-            mapped.append(jnp.broadcast_to(a, batch + inner).reshape((rows,) + inner))
+            mapped.append(jnp.broadcast_to(a, batch + inner))
             shared.append(None)
     # Arrays without a class axis (per-row statistics) are split with the rows.
     num_classes = max(max((a.shape[-1] for a in arrays if a.ndim == nb + 1), default=1), 1)
     block = max(1, min(rows, _BLOCK_ELEMENTS // num_classes))
     dtypes = [a.dtype for a in arrays]
+    mapped_positions = [i for i, m in enumerate(mapped) if m is not None]
+    xs = tuple(m for m in mapped if m is not None)
 
-    def run(xs):
+    def run(xs, size):
+        """``fn`` on blocks whose batch has shape ``size``."""
         it = iter(xs)
         args = [
-            promote(s if s is not None else _from_bits(next(it), dtype))
+            promote(_from_bits(next(it), dtype) if s is None else s.reshape((1,) * len(size) + s.shape[nb:]))
             for s, dtype in zip(shared, dtypes)
         ]
         out = fn(*args)
-        size = xs[0].shape[0]
-        return jax.tree.map(lambda o: jnp.broadcast_to(o, (size,) + o.shape[1:]), out)
+        return jax.tree.map(lambda o: jnp.broadcast_to(o, size + o.shape[len(size):]), out)
 
     def blocked(xs):
         # XLA:CPU widens a 16-bit float array that a loop slices to float32 as
         # a whole before the loop; carried as its bits, each block is widened alone.
         xs = tuple(x if i in linear else _as_bits(x) for i, x in zip(mapped_positions, xs))
-        outer = _outer_rows(rows, block)
+        outer = _outer_shape(batch, block)
         if outer is not None:
-            return _strided_blocks(run, xs, rows, outer, bool(linear))
-        full = rows // block
-        if full <= 1:
-            return run(xs)
-        # Whole blocks in a loop, the shorter last block on its own.
-        blocks = tuple(x[: full * block].reshape((full, block) + x.shape[1:]) for x in xs)
-        out = jax.lax.map(run, blocks)
-        out = jax.tree.map(lambda o: o.reshape((full * block,) + o.shape[2:]), out)
-        if full * block < rows:
-            last = run(tuple(x[full * block:] for x in xs))
-            out = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, last)
-        return out
+            return _strided_blocks(run, xs, batch, outer, bool(linear))
+        return _contiguous_blocks(run, xs, batch, block)
 
-    mapped_positions = [i for i, m in enumerate(mapped) if m is not None]
-    xs = tuple(m for m in mapped if m is not None)
     if rows // block <= 1 and _forced_branch is None:
         # One cache-sized block: both formulations are one pass, the CPU's serves all.
-        out = run(xs)
-    else:
-        out = on_platform(xs, cpu=_traced_as("cpu", blocked), accelerator=_traced_as("accelerator", run))
-    return jax.tree.map(lambda o: o.reshape(batch + o.shape[1:]), out)
+        return run(xs, batch)
+    return on_platform(xs, cpu=_traced_as("cpu", blocked),
+                       accelerator=_traced_as("accelerator", lambda xs: run(xs, batch)))
 
 
-# A block takes ``outer`` rows strided by ``rows // outer``: row ``o * K + k``
-# is in block ``k``. The rows a device owns under a batch sharding are then a
-# slice of every block, so the partitioner keeps the loop sharded (a loop over
-# contiguous blocks would walk across devices, and it gathers them instead).
-# Meshes of up to this many devices along the batch always divide ``outer``.
+# A block takes, along each batch dimension ``d = o * s``, the ``o`` indices
+# strided by ``s`` (index ``i * s + k`` is in block ``k``). The part of the
+# batch a device owns under a sharding of any batch dimension is then a slice
+# of every block, so the partitioner keeps the loop sharded; a loop over
+# contiguous blocks walks across devices, and the partitioner gathers them
+# instead. Meshes of up to this many devices per batch dimension always divide
+# ``o``.
 _SHARD_GRANULE = 8
 
 
-def _outer_rows(rows: int, block: int):
-    """Rows per strided block: a divisor of ``rows`` near ``block``; None if none is near."""
-    granule = math.gcd(rows, _SHARD_GRANULE)
-    best = None
-    for d in _divisors(rows // granule):
-        size = d * granule
-        if size <= max(block, granule) and (best is None or size > best):
-            best = size
-    # Rows with a poor factorisation (a large prime) would make tiny blocks:
-    # contiguous blocks with a shorter last one serve them better.
-    if best is None or best * 16 < block or best == rows:
+def _outer_shape(batch: tuple, block: int):
+    """Per batch dimension, how many of its indices a block takes (a divisor of
+    it, a multiple of the shard granule where it allows), about ``block`` rows in
+    all; None when the batch factors too poorly (blocks would be tiny) or fits one block."""
+    granules = [math.gcd(d, _SHARD_GRANULE) for d in batch]
+    outer = list(granules)
+    budget = max(block, math.prod(granules))
+    # Fill from the last (contiguous) dimension outwards.
+    for i in reversed(range(len(batch))):
+        rest, g = math.prod(outer) // outer[i], granules[i]
+        outer[i] = max((g * d for d in _divisors(batch[i] // g) if rest * g * d <= budget), default=g)
+    size = math.prod(outer)
+    if size * 16 < block or size == math.prod(batch):
         return None
-    return best
+    return tuple(outer)
 
 
 def _divisors(n: int):
@@ -418,28 +412,58 @@ def _divisors(n: int):
     return small + [n // d for d in reversed(small) if d * d != n]
 
 
-def _strided_blocks(run, xs, rows: int, outer: int, linear: bool):
-    steps = rows // outer
-    views = tuple(x.reshape((outer, steps) + x.shape[1:]) for x in xs)
+def _strided_blocks(run, xs, batch: tuple, outer: tuple, linear: bool):
+    steps = tuple(d // o for d, o in zip(batch, outer))
+    nb = len(batch)
+    split = tuple(x for pair in zip(outer, steps) for x in pair)   # (o0, s0, o1, s1, ...)
+    views = tuple(x.reshape(split + x.shape[nb:]) for x in xs)
+
+    def starts(k):
+        index = []
+        for s in reversed(steps):
+            index.append(k % s)
+            k = k // s
+        return [v for ki in reversed(index) for v in (0, ki)]
 
     def read_and_run(k, views):
-        return run(tuple(jax.lax.dynamic_index_in_dim(v, k, axis=1, keepdims=False) for v in views))
+        block = tuple(
+            jax.lax.dynamic_slice(v, starts(k) + [0] * (v.ndim - 2 * nb),
+                                  [n for o in outer for n in (o, 1)] + list(v.shape[2 * nb:]))
+            .reshape(outer + v.shape[2 * nb:])
+            for v in views)
+        return run(block, outer)
 
     # Under reverse mode a slice read in the loop would be saved per step, a
     # whole input stacked; recomputed from the loop-invariant views, it is not.
     read_and_run = jax.checkpoint(read_and_run) if linear else read_and_run
 
-    def block(k):
-        return read_and_run(k, views)
-
     def body(k, out):
-        return jax.tree.map(
-            lambda buf, o: jax.lax.dynamic_update_index_in_dim(buf, o, k, axis=1), out, block(k))
+        def put(buf, o):
+            o = o.reshape(tuple(n for d in outer for n in (d, 1)) + o.shape[nb:])
+            return jax.lax.dynamic_update_slice(buf, o, starts(k) + [0] * (o.ndim - 2 * nb))
+        return jax.tree.map(put, out, read_and_run(k, views))
 
-    shapes = jax.eval_shape(block, 0)
-    out = jax.tree.map(lambda s: jnp.zeros((outer, steps) + s.shape[1:], s.dtype), shapes)
-    out = jax.lax.fori_loop(0, steps, body, out)
-    return jax.tree.map(lambda o: o.reshape((rows,) + o.shape[2:]), out)
+    shapes = jax.eval_shape(lambda: read_and_run(0, views))
+    out = jax.tree.map(lambda s: jnp.zeros(split + s.shape[nb:], s.dtype), shapes)
+    out = jax.lax.fori_loop(0, math.prod(steps), body, out)
+    return jax.tree.map(lambda o: o.reshape(batch + o.shape[2 * nb:]), out)
+
+
+def _contiguous_blocks(run, xs, batch: tuple, block: int):
+    """Rows flattened into whole blocks in a loop, the shorter last block on its own."""
+    rows = math.prod(batch)
+    flat = tuple(x.reshape((rows,) + x.shape[len(batch):]) for x in xs)
+    full = rows // block
+    if full <= 1:
+        out = run(flat, (rows,))
+    else:
+        blocks = tuple(x[: full * block].reshape((full, block) + x.shape[1:]) for x in flat)
+        out = jax.lax.map(lambda b: run(b, (block,)), blocks)
+        out = jax.tree.map(lambda o: o.reshape((full * block,) + o.shape[2:]), out)
+        if full * block < rows:
+            last = run(tuple(x[full * block:] for x in flat), (rows - full * block,))
+            out = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, last)
+    return jax.tree.map(lambda o: o.reshape(batch + o.shape[1:]), out)
 
 
 def _as_bits(x):

@@ -37,7 +37,11 @@ def programs():
     hidden = ((ROWS, HIDDEN), f32, 0)
     weight = ((HIDDEN, CLASSES), f32, None)
     pair = [logits, logits]
+    # [batch, sequence, classes] with the sequence sharded (sequence parallelism)
+    sequence = ((2, ROWS // 2, CLASSES), f32, 1)
     out = {
+        "kl_divergence [B, T, C] over T": (jaxdiv.kl_divergence, [sequence, sequence], (0, 1)),
+        "js_divergence [B, T, C] over T": (jaxdiv.js_divergence, [sequence, sequence], (0, 1)),
         "kl_divergence": (jaxdiv.kl_divergence, pair, (0, 1)),
         "cross_entropy": (jaxdiv.cross_entropy, pair, (0, 1)),
         "cross_entropy_with_integer_labels": (jaxdiv.cross_entropy_with_integer_labels, [logits, labels], (0,)),
