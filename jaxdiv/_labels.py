@@ -35,12 +35,15 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
 from jaxdiv._numerics import (
+    class_index,
+    class_offset,
+    custom_jvp_over_classes,
     finite_or_zero,
     invalid,
     log_normaliser,
     map_rows,
+    num_classes,
     promote,
-    recompute_in_backward,
     row_max,
     row_stats,
     row_sum,
@@ -87,13 +90,16 @@ def _rows(cap, smoothing, weights, x, target, valid=None) -> LabelStats:
     norm = log_normaliser(x)
     has_mass = norm.log_sum > -jnp.inf
     bad = invalid(norm.log_sum)
-    num_classes = x.shape[-1]
     if jnp.issubdtype(target.dtype, jnp.integer):
-        in_range = (target >= 0) & (target < num_classes)
-        index = jnp.clip(target, 0, max(num_classes - 1, 0))[..., None]
+        in_range = (target >= 0) & (target < num_classes(x.shape[-1]))
         # Picked from x, then centred: a gather out of the centred logits would
-        # have the TPU store them whole (the same float either way).
-        picked = jnp.take_along_axis(x, index, axis=-1)[..., 0] - norm.shift
+        # have the TPU store them whole (the same float either way). With the
+        # classes split over devices, the device holding the label supplies it.
+        local = target - class_offset(x.shape[-1], target.dtype)
+        owned = (local >= 0) & (local < x.shape[-1])
+        index = jnp.clip(local, 0, max(x.shape[-1] - 1, 0))[..., None]
+        picked = jnp.take_along_axis(x, index, axis=-1)
+        picked = row_max(jnp.where(owned[..., None], picked, -jnp.inf)) - norm.shift
         finite = picked > -jnp.inf
         nll = jnp.where(finite, norm.log_sum - jnp.where(finite, picked, 0.0), jnp.inf)
         nll = jnp.where(jnp.isfinite(norm.log_sum), nll, jnp.inf)
@@ -131,7 +137,6 @@ def _rows(cap, smoothing, weights, x, target, valid=None) -> LabelStats:
     return LabelStats(nll, lse, uniform, top1.astype(x.dtype), *smoothing_sums)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
 def _label_stats(cap, smoothing, logits, target, valid, weights) -> LabelStats:
     rows = functools.partial(_rows, cap, smoothing, weights)
     if valid is None:
@@ -155,13 +160,12 @@ def _label_stats_jvp(cap, smoothing, primals, tangents):
         dlogits = jnp.where(valid[..., None], dlogits, 0.0)
     probs = jnp.exp(x - finite_or_zero(stats.log_normaliser)[..., None])
     d_lse = row_sum(probs * dlogits)
-    num_classes = x.shape[-1]
     if jnp.issubdtype(target.dtype, jnp.integer):
         # onehot as a compare, not a gather: its transpose is then an elementwise
         # loop fused with the softmax, not a scatter into the gradient.
-        iota = jax.lax.broadcasted_iota(target.dtype, x.shape, x.ndim - 1)
+        iota = class_index(x.shape, target.dtype)
         d_picked = row_sum(jnp.where(iota == target[..., None], dlogits, 0.0))
-        in_range = (target >= 0) & (target < num_classes)
+        in_range = (target >= 0) & (target < num_classes(x.shape[-1]))
         # An out-of-range label poisons its own row's gradient, linearly.
         d_nll = (d_lse - d_picked) * jnp.where(in_range, 1.0, jnp.nan)
     else:
@@ -178,7 +182,7 @@ def _label_stats_jvp(cap, smoothing, primals, tangents):
     return stats, tangent
 
 
-_label_stats.defjvp(_label_stats_jvp, symbolic_zeros=True)
+_label_stats_over = custom_jvp_over_classes(_label_stats, _label_stats_jvp)
 
 
 def label_stats(
@@ -189,6 +193,7 @@ def label_stats(
     weights: Optional[Array] = None,
     softcap: Optional[float] = None,
     smoothing: bool = False,
+    axis_name: Optional[str] = None,
 ) -> LabelStats:
     """Per-row :class:`LabelStats` of ``logits`` ``[..., C]`` against ``target``.
 
@@ -200,6 +205,6 @@ def label_stats(
       weights: optional class weights ``[C]`` (not differentiated).
       softcap: ``cap`` of ``cap * tanh(x / cap)``, applied to the logits first.
       smoothing: whether to compute ``uniform_nll``.
+      axis_name: the mesh axis the classes are split over (inside ``shard_map``).
     """
-    fn = recompute_in_backward(functools.partial(_label_stats, softcap, smoothing))
-    return fn(logits, target, valid, weights)
+    return _label_stats_over(axis_name, softcap, smoothing)(logits, target, valid, weights)

@@ -7,13 +7,15 @@ derivative taken through it (the "double where" rule: an unselected branch of a
 is not).
 
 The class-axis reductions go through :func:`row_max` and :func:`row_sum`, the
-single place a sharded class axis (``axis_name`` inside ``shard_map``) would
-swap in ``lax.pmax`` / ``lax.psum``.
+single place where a class axis split over devices (``axis_name`` inside
+``shard_map``, see :func:`classes_split_over`) swaps in ``lax.pmax`` /
+``lax.psum`` of the per-row partial results.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import NamedTuple
 
@@ -29,14 +31,76 @@ _PHI_SERIES_RADIUS = 0.5
 _PSI_SERIES_RADIUS = 0.25
 
 
+# The mesh axis the class axis is split over while a kernel is traced (None:
+# each device holds whole rows). Set by classes_split_over around the tracing
+# of every primal and derivative rule, which JAX may trace after the public
+# function has returned, so no rule relies on its caller having set it.
+_class_axis = None
+
+
+@contextlib.contextmanager
+def classes_split_over(axis_name):
+    """Trace the row reductions inside as reductions across ``axis_name`` too."""
+    global _class_axis
+    previous, _class_axis = _class_axis, axis_name
+    try:
+        yield
+    finally:
+        _class_axis = previous
+
+
+def classes_are_split() -> bool:
+    """Whether the row reductions being traced span devices (see :func:`classes_split_over`)."""
+    return _class_axis is not None
+
+
 def row_max(x: jax.Array) -> jax.Array:
-    """Max over the last axis; ``-inf`` for an empty axis."""
-    return jnp.max(x, axis=-1, initial=-jnp.inf)
+    """Max over the last axis (and over the devices holding the rest of the row); ``-inf`` for an empty axis."""
+    local = jnp.max(x, axis=-1, initial=-jnp.inf)
+    return local if _class_axis is None else jax.lax.pmax(local, _class_axis)
 
 
 def row_sum(x: jax.Array) -> jax.Array:
-    """Sum over the last axis."""
-    return jnp.sum(x, axis=-1)
+    """Sum over the last axis (and over the devices holding the rest of the row)."""
+    local = jnp.sum(x, axis=-1)
+    return local if _class_axis is None else jax.lax.psum(local, _class_axis)
+
+
+def class_offset(local: int, dtype=jnp.int32):
+    """The class of a device's first column when each device holds ``local`` classes (0 for whole rows)."""
+    if _class_axis is None:
+        return jnp.zeros((), dtype)
+    return (jax.lax.axis_index(_class_axis) * local).astype(dtype)
+
+
+def class_index(shape, dtype) -> jax.Array:
+    """The class of each element of a ``shape`` block of rows, counted across the devices."""
+    index = jax.lax.broadcasted_iota(dtype, shape, len(shape) - 1)
+    return index if _class_axis is None else index + class_offset(shape[-1], dtype)
+
+
+def num_classes(local: int):
+    """The number of classes of a row whose devices each hold ``local`` of them."""
+    return local if _class_axis is None else local * jax.lax.psum(1, _class_axis)
+
+
+def any_class(mask: jax.Array, axis_name=None) -> jax.Array:
+    """Whether any class of a row is set, across the devices holding the row."""
+    with classes_split_over(axis_name):
+        return row_max(mask.astype(jnp.float32)) > 0
+
+
+def check_axis_name(axis_name) -> None:
+    """Raise unless ``axis_name`` is None or a mesh axis bound here (inside ``shard_map``)."""
+    if axis_name is None:
+        return
+    try:
+        jax.lax.axis_index(axis_name)
+    except NameError:
+        raise ValueError(
+            f"axis_name={axis_name!r} names no mesh axis here: call inside jax.shard_map with the "
+            "class axis split over that mesh axis (or pass axis_name=None for whole rows)."
+        ) from None
 
 
 def finite_or_zero(x: jax.Array) -> jax.Array:
@@ -208,7 +272,9 @@ def neg_log1pmx_near(s: jax.Array) -> jax.Array:
 def log_softmax(x: jax.Array) -> jax.Array:
     """Log-probabilities of ``softmax(x)`` over the last axis: ``-inf`` where ``x`` is,
     all ``-inf`` for a row without support, and NaN-free derivatives everywhere."""
-    shift = finite_or_zero(row_max(x))
+    # The shift cancels from the value, so it has no derivative to carry (and
+    # across devices it is a pmax, which JAX does not differentiate).
+    shift = finite_or_zero(row_max(jax.lax.stop_gradient(x)))
     centred = x - shift[..., None]
     total = row_sum(jnp.exp(centred))
     log_total = jnp.log(jnp.where(total > 0, total, 1.0))
@@ -487,6 +553,34 @@ def recompute_in_backward(fn):
     coefficients) between the forward and the backward pass.
     """
     return jax.checkpoint(fn, policy=jax.checkpoint_policies.save_only_these_names(_ROW_STATS))
+
+
+def custom_jvp_over_classes(primal, jvp):
+    """``build(axis_name, *static)``: ``primal`` with the custom JVP rule ``jvp``, both
+    traced with the classes split over ``axis_name`` (None: whole rows), wrapped in
+    :func:`recompute_in_backward`.
+
+    ``primal(*static, *args)`` and ``jvp(*static, primals, tangents)`` (symbolic
+    zeros on); ``static`` are hashable settings the rule does not differentiate.
+    JAX traces a rule when the program is differentiated, possibly after the
+    public function has returned: the rule sets the class axis itself.
+    """
+
+    @functools.lru_cache(maxsize=256)
+    def build(axis_name, *static):
+        @jax.custom_jvp
+        def fn(*args):
+            with classes_split_over(axis_name):
+                return primal(*static, *args)
+
+        def rule(primals, tangents):
+            with classes_split_over(axis_name):
+                return jvp(*static, primals, tangents)
+
+        fn.defjvp(rule, symbolic_zeros=True)
+        return recompute_in_backward(fn)
+
+    return build
 
 
 def row_stats(stats):

@@ -27,6 +27,8 @@ from jaxdiv._numerics import (
     neg_log1pmx_near,
     phi_over_x_series,
     phi_series,
+    row_max,
+    row_sum,
 )
 from jaxdiv._termwise import Pair, Terms
 
@@ -303,6 +305,10 @@ def f_terms(f, slope_at_infinity) -> Terms:
     )
 
 
+def _any(x: Array) -> Array:
+    return row_max(x.astype(jnp.float32)) > 0
+
+
 def renyi_from_total(total: Array, log_p_fn, log_q_fn, alpha: Array) -> Array:
     """``D_a = log1p((a - 1) F) / (a - 1)`` from the row sums ``F`` of :data:`RENYI`.
 
@@ -329,19 +335,20 @@ def renyi_from_total(total: Array, log_p_fn, log_q_fn, alpha: Array) -> Array:
         has_p, has_q = log_p > -jnp.inf, log_q > -jnp.inf
         both = recompute[..., None] & has_p & has_q
         # Q_i = 0 < P_i: the value is +inf for a > 1 (a locally constant one).
-        structural = jnp.any(has_p & ~has_q, axis=-1) & (h > 0)
+        structural = _any(has_p & ~has_q) & (h > 0)
         # log(P^a Q^(1-a)) = log P + (a - 1)(log P - log Q): for log-probabilities
         # near the float32 limit this overflows to +-inf, never to inf - inf = NaN.
         lp, lq = jnp.where(both, log_p, 0.0), jnp.where(both, log_q, 0.0)
         e = lp + h * (lp - lq)
         # A term that overflows makes the sum (and the value, for a > 1) +inf.
-        infinite = jnp.any(both & (e == jnp.inf), axis=-1)
+        infinite = _any(both & (e == jnp.inf))
         used = both & ~infinite[..., None]
         e = jnp.where(used, e, 0.0)
-        overlap = jnp.any(used, axis=-1)
-        shift = jnp.max(jnp.where(used, e, -jnp.inf), axis=-1, initial=-jnp.inf)
+        overlap = _any(used)
+        # the shift cancels from the value: no derivative through it (nor through a pmax)
+        shift = row_max(jax.lax.stop_gradient(jnp.where(used, e, -jnp.inf)))
         shift = jnp.where(overlap, shift, 0.0)
-        total_e = jnp.sum(jnp.where(used, jnp.exp(e - shift[..., None]), 0.0), axis=-1)
+        total_e = row_sum(jnp.where(used, jnp.exp(e - shift[..., None]), 0.0))
         # No overlap: sum P^a Q^(1-a) = 0, so D_a = +inf for every order.
         lse = jnp.where(overlap, shift + jnp.log(jnp.where(overlap, total_e, 1.0)), -jnp.inf)
         lse = jnp.where(infinite, jnp.inf, lse)

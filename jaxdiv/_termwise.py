@@ -38,6 +38,8 @@ from jax.custom_derivatives import SymbolicZero
 
 from jaxdiv._numerics import (
     LogRatio,
+    classes_are_split,
+    classes_split_over,
     current_branch,
     finite_or_zero,
     invalid,
@@ -280,12 +282,18 @@ def _oriented_pair(space: _Space, terms: Terms, params: tuple, x: Array, y: Arra
     return x, y, _row_params(terms, params, swap)
 
 
+def _oriented(terms: Terms) -> bool:
+    # On GPU and TPU the oriented pair would be stored as two [rows, C] copies
+    # (every later pass reads it), and with the classes split over devices
+    # the comparison that picks the orientation would span them: there
+    # symmetry holds to rounding only.
+    return terms.symmetric and current_branch() == "cpu" and not classes_are_split()
+
+
 def _rows(space: _Space, terms: Terms, params: tuple, x: Array, y: Array, grads: bool) -> _Rows:
     """The value of a block of rows and, with ``grads``, the row sums its gradient needs."""
     x, y = jnp.broadcast_arrays(x, y)   # a shared reference row meets the block here
-    # On GPU and TPU the oriented pair would be stored as two [rows, C] copies
-    # (every later pass reads it); there symmetry holds to rounding only.
-    oriented = terms.symmetric and current_branch() == "cpu"
+    oriented = _oriented(terms)
     swap = _canonical_swap(x, y) if oriented else jnp.zeros(x.shape[:-1], bool)
     x, y, row_params = _oriented_pair(space, terms, params, x, y, swap if oriented else None)
     stats = space.stats(x, y)
@@ -314,7 +322,7 @@ def _coefficients(space: _Space, terms: Terms, params: tuple, x: Array, y: Array
     """
     x_in, y_in = x, y
     x, y = jnp.broadcast_arrays(x, y)
-    oriented = terms.symmetric and current_branch() == "cpu"
+    oriented = _oriented(terms)
     swap = rows.swap if oriented else None
     x, y, row_params = _oriented_pair(space, terms, params, x, y, swap)
     pair = space.pair(x, y, rows.stats)
@@ -325,9 +333,9 @@ def _coefficients(space: _Space, terms: Terms, params: tuple, x: Array, y: Array
     return space.chain(coef_x, x_in), space.chain(coef_y, y_in)
 
 
-def divergence(space: _Space, terms: Terms, x: Array, y: Array, params: tuple = ()) -> Array:
-    """``D(x, y)`` over the last axis of prepared ``[..., C]`` arrays."""
-    return _build(space, terms)(x, y, tuple(params))
+def divergence(space: _Space, terms: Terms, x: Array, y: Array, params: tuple = (), axis_name=None) -> Array:
+    """``D(x, y)`` over the last axis of prepared ``[..., C]`` arrays (split over ``axis_name``)."""
+    return _build(space, terms, axis_name)(x, y, tuple(params))
 
 
 def _live_only(ts, tangents):
@@ -344,17 +352,22 @@ def _inner(coef: Array, tangent) -> Array:
 
 
 @functools.lru_cache(maxsize=64)
-def _build(space: _Space, terms: Terms):
+def _build(space: _Space, terms: Terms, axis_name):
     """The custom-JVP function for one divergence in one input space."""
 
     @jax.custom_jvp
     def value(x, y, params):
-        return map_rows(lambda a, b: _rows(space, terms, params, a, b, False).value, x, y)
+        with classes_split_over(axis_name):
+            return map_rows(lambda a, b: _rows(space, terms, params, a, b, False).value, x, y)
 
     # Closed form: dD/dx_j = a_j - P_j sum(a) with a = dt/dlog P (and likewise
     # for y); autodiff through the terms' branches would leak NaN at zero
     # probability and keep [..., C] temporaries for the backward pass.
     def value_jvp(primals, tangents):
+        with classes_split_over(axis_name):
+            return _value_jvp(primals, tangents)
+
+    def _value_jvp(primals, tangents):
         x, y, params = primals
         dx, dy, dparams = tangents
         if not all(isinstance(t, SymbolicZero) for t in dparams):

@@ -43,8 +43,10 @@ from jaxdiv._numerics import (
     log_normaliser,
     log_ratio,
     map_rows,
+    any_class,
+    check_axis_name,
+    custom_jvp_over_classes,
     promote,
-    recompute_in_backward,
     row_stats,
     row_sum,
     shifted_difference,
@@ -107,8 +109,7 @@ def _tempered_stats(p: Array, q: Array, scale, valid) -> LogRatio:
     )
 
 
-@jax.custom_jvp
-def _scaled_kl(p: Array, q: Array, scale: Optional[Array], valid: Optional[Array]) -> Array:
+def _scaled_kl_value(p: Array, q: Array, scale: Optional[Array], valid: Optional[Array]) -> Array:
     """KL between ``softmax(scale * p)`` and ``softmax(scale * q)``, 0 at rows where ``valid`` is False.
 
     The scale (an inverse temperature, not differentiated) and the row mask are
@@ -153,12 +154,12 @@ def _kl_jvp(primals, tangents):
     return stats.kl, tangent
 
 
-_scaled_kl.defjvp(_kl_jvp, symbolic_zeros=True)
-_scaled_kl = recompute_in_backward(_scaled_kl)
+# _scaled_kl(axis_name)(p, q, scale, valid)
+_scaled_kl = custom_jvp_over_classes(_scaled_kl_value, _kl_jvp)
 
 
-def _kl(p: Array, q: Array) -> Array:
-    return _scaled_kl(p, q, None, None)
+def _kl(p: Array, q: Array, axis_name=None) -> Array:
+    return _scaled_kl(axis_name)(p, q, None, None)
 
 
 # ------------------------------------------------------ cross-entropy, entropy
@@ -207,8 +208,7 @@ def _xent_coef_p(p: Array, neg_log_q: Array, stats: _XentStats, read: Array) -> 
     return jnp.where(read & finite, _softmax(p, stats.lse_p) * (neg_log_q - value), 0.0)
 
 
-@jax.custom_jvp
-def _cross_entropy(p: Array, q: Array) -> Array:
+def _cross_entropy_value(p: Array, q: Array) -> Array:
     return map_rows(_xent_rows, p, q).value
 
 
@@ -226,12 +226,10 @@ def _cross_entropy_jvp(primals, tangents):
     return stats.value, _inner(coef_p, dp) + _inner(coef_q, dq)
 
 
-_cross_entropy.defjvp(_cross_entropy_jvp, symbolic_zeros=True)
-_cross_entropy = recompute_in_backward(_cross_entropy)
+_cross_entropy = custom_jvp_over_classes(_cross_entropy_value, _cross_entropy_jvp)
 
 
-@jax.custom_jvp
-def _entropy(p: Array) -> Array:
+def _entropy_value(p: Array) -> Array:
     return map_rows(lambda x: _xent_rows(x, x), p).value
 
 
@@ -245,8 +243,7 @@ def _entropy_jvp(primals, tangents):
     return stats.value, _inner(coef, dp)
 
 
-_entropy.defjvp(_entropy_jvp, symbolic_zeros=True)
-_entropy = recompute_in_backward(_entropy)
+_entropy = custom_jvp_over_classes(_entropy_value, _entropy_jvp)
 
 
 # ------------------------------------------------------------------ public API
@@ -260,6 +257,7 @@ def kl_divergence(
     axis: int = -1,
     where: Optional[ArrayLike] = None,
     base: Optional[float] = None,
+    axis_name: Optional[str] = None,
 ) -> Array:
     r"""Kullback-Leibler divergence :math:`KL(P \| Q)` between two categoricals given as logits.
 
@@ -280,6 +278,10 @@ def kl_divergence(
       where: optional boolean mask broadcastable to the logits; False removes a
         class from both P and Q.
       base: logarithm base of the result (``2`` for bits); nats by default.
+      axis_name: inside ``jax.shard_map`` with the class axis split over this
+        mesh axis (each device holding a contiguous slice of the classes, in
+        order): the per-row statistics are combined across it with
+        ``lax.pmax`` / ``lax.psum`` of per-row scalars. None: whole rows.
 
     Returns:
       KL in nats, with the class axis removed, in ``result_type(dtype, float32)``.
@@ -300,10 +302,11 @@ def kl_divergence(
       >>> float(jaxdiv.kl_divergence(q, p))  # Q has mass where P has none
       inf
     """
+    check_axis_name(axis_name)
     (p, q), _ = _checks.logits(
         (p_logits, q_logits), ("p_logits", "q_logits"), axis=axis, where=where, broadcast=False
     )
-    return _checks.in_base(_kl(p, q), base)
+    return _checks.in_base(_kl(p, q, axis_name), base)
 
 
 @eager_jit
@@ -314,6 +317,7 @@ def cross_entropy(
     axis: int = -1,
     where: Optional[ArrayLike] = None,
     base: Optional[float] = None,
+    axis_name: Optional[str] = None,
 ) -> Array:
     r"""Cross-entropy :math:`H(P, Q) = -\sum_i P_i \log Q_i = H(P) + KL(P \| Q)`.
 
@@ -327,6 +331,10 @@ def cross_entropy(
       axis: the class axis (of the broadcast shape).
       where: optional boolean mask removing classes from both distributions.
       base: logarithm base of the result (``2`` for bits); nats by default.
+      axis_name: inside ``jax.shard_map`` with the class axis split over this
+        mesh axis (each device holding a contiguous slice of the classes, in
+        order): the per-row statistics are combined across it with
+        ``lax.pmax`` / ``lax.psum`` of per-row scalars. None: whole rows.
 
     Returns:
       Cross-entropy in nats, class axis removed, ``result_type(dtype, float32)``.
@@ -340,10 +348,11 @@ def cross_entropy(
       >>> print(f"{jaxdiv.cross_entropy(p, jnp.array([0.0, 0.0])):.6f}")  # log 2
       0.693147
     """
+    check_axis_name(axis_name)
     (p, q), _ = _checks.logits(
         (p_logits, q_logits), ("p_logits", "q_logits"), axis=axis, where=where, broadcast=False
     )
-    return _checks.in_base(_cross_entropy(p, q), base)
+    return _checks.in_base(_cross_entropy(axis_name)(p, q), base)
 
 
 @eager_jit
@@ -353,6 +362,7 @@ def entropy(
     axis: int = -1,
     where: Optional[ArrayLike] = None,
     base: Optional[float] = None,
+    axis_name: Optional[str] = None,
 ) -> Array:
     r"""Shannon entropy :math:`H(P) = -\sum_i P_i \log P_i` of ``P = softmax(logits)``.
 
@@ -364,6 +374,10 @@ def entropy(
       axis: the class axis.
       where: optional boolean mask removing classes.
       base: logarithm base of the result (``2`` for bits); nats by default.
+      axis_name: inside ``jax.shard_map`` with the class axis split over this
+        mesh axis (each device holding a contiguous slice of the classes, in
+        order): the per-row statistics are combined across it with
+        ``lax.pmax`` / ``lax.psum`` of per-row scalars. None: whole rows.
 
     Returns:
       Entropy in nats, class axis removed; 0 for a row with no support.
@@ -373,8 +387,9 @@ def entropy(
       >>> print(f"{jaxdiv.entropy(jnp.full(4, -1e9)):.6f}")  # log 4
       1.386294
     """
+    check_axis_name(axis_name)
     (p,), _ = _checks.logits((logits,), ("logits",), axis=axis, where=where)
-    return _checks.in_base(_entropy(p), base)
+    return _checks.in_base(_entropy(axis_name)(p), base)
 
 
 @eager_jit
@@ -385,6 +400,7 @@ def cross_entropy_with_integer_labels(
     axis: int = -1,
     where: Optional[ArrayLike] = None,
     base: Optional[float] = None,
+    axis_name: Optional[str] = None,
 ) -> Array:
     r"""Cross-entropy of integer labels, :math:`-\log \mathrm{softmax}(x)_y`.
 
@@ -397,6 +413,10 @@ def cross_entropy_with_integer_labels(
         softmax; a label on a masked class gives ``+inf``, a row with every
         class masked gives 0 (padding) with a zero gradient.
       base: logarithm base of the result (``2`` for bits); nats by default.
+      axis_name: inside ``jax.shard_map`` with the class axis split over this
+        mesh axis (each device holding a contiguous slice of the classes, in
+        order): the per-row statistics are combined across it with
+        ``lax.pmax`` / ``lax.psum`` of per-row scalars. None: whole rows.
 
     Returns:
       ``-log Q_y`` per row, ``result_type(dtype, float32)`` (a bfloat16 model
@@ -413,14 +433,15 @@ def cross_entropy_with_integer_labels(
       >>> print(loss.round(6))  # -log softmax: [-log(e^2 / (e^2 + 1)), log 3]
       [0.126928 1.098612]
     """
+    check_axis_name(axis_name)
     (x,), mask = _checks.class_arrays(
         (logits,), ("logits",), axis=axis, where=where, fill=-jnp.inf, widen=False)
     batch_shape = x.shape[:-1]
     labels = _checks.integer_labels(labels, batch_shape, jnp.shape(logits))
     # A row with every class masked is padding: 0 with a zero gradient, as for
     # every divergence (a label on a masked class among unmasked ones is +inf).
-    valid = None if mask is None else jnp.any(mask, axis=-1)
-    return _checks.in_base(label_stats(x, labels, valid=valid).nll, base)
+    valid = None if mask is None else any_class(mask, axis_name)
+    return _checks.in_base(label_stats(x, labels, valid=valid, axis_name=axis_name).nll, base)
 
 
 def validate_labels(labels: ArrayLike, num_classes: int) -> Array:

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from jaxdiv import _checks, _terms
 from jaxdiv._dispatch import eager_jit
-from jaxdiv._numerics import log_softmax, safe_sqrt
+from jaxdiv._numerics import any_class, check_axis_name, classes_split_over, log_softmax, safe_sqrt
 from jaxdiv._termwise import LOGITS, divergence
 from jaxdiv.categorical import _kl
 
@@ -47,17 +47,18 @@ __all__ = [
 ]
 
 
-def _pair(p_logits, q_logits, axis, where):
+def _pair(p_logits, q_logits, axis, where, axis_name=None):
+    check_axis_name(axis_name)
     (p, q), _ = _checks.logits(
         (p_logits, q_logits), ("p_logits", "q_logits"), axis=axis, where=where, broadcast=False
     )
     return p, q
 
 
-def _js(p_logits, q_logits, beta, axis, where) -> Array:
-    p, q = _pair(p_logits, q_logits, axis, where)
+def _js(p_logits, q_logits, beta, axis, where, axis_name=None) -> Array:
+    p, q = _pair(p_logits, q_logits, axis, where, axis_name)
     weights = tuple(jnp.asarray(w, p.dtype) for w in _checks.mixture_weights(beta))
-    return divergence(LOGITS, _terms.JENSEN_SHANNON, p, q, weights)
+    return divergence(LOGITS, _terms.JENSEN_SHANNON, p, q, weights, axis_name)
 
 
 @eager_jit
@@ -68,6 +69,7 @@ def js_divergence(
     beta: float = 0.5,
     axis: int = -1,
     where: Optional[ArrayLike] = None,
+    axis_name: Optional[str] = None,
     base: Optional[float] = None,
 ) -> Array:
     r"""Jensen-Shannon divergence, or its generalised-:math:`\beta` form.
@@ -94,6 +96,9 @@ def js_divergence(
       axis: the class axis (of the broadcast shape).
       where: optional boolean mask removing classes from both distributions.
       base: logarithm base of the result (``2`` for bits); nats by default.
+      axis_name: inside ``jax.shard_map`` with the class axis split over this
+        mesh axis: the per-row statistics are combined across it (see
+        :func:`jaxdiv.kl_divergence`). None: whole rows.
 
     Returns:
       the divergence, class axis removed. Its square root is
@@ -109,7 +114,7 @@ def js_divergence(
       >>> print(f"{jaxdiv.js_divergence(p, q, base=2):.6f}")  # disjoint: 1 bit
       1.000000
     """
-    return _checks.in_base(_js(p_logits, q_logits, beta, axis, where), base)
+    return _checks.in_base(_js(p_logits, q_logits, beta, axis, where, axis_name), base)
 
 
 @eager_jit
@@ -119,6 +124,7 @@ def js_distance(
     *,
     axis: int = -1,
     where: Optional[ArrayLike] = None,
+    axis_name: Optional[str] = None,
     base: Optional[float] = None,
 ) -> Array:
     r"""Jensen-Shannon distance :math:`\sqrt{JS(P, Q)}`, a metric on distributions.
@@ -126,13 +132,16 @@ def js_distance(
     Equal to ``scipy.spatial.distance.jensenshannon(P, Q, base)``. Its gradient
     at identical inputs is 0 (the zero subgradient, not ``inf * 0``).
 
+    ``axis``, ``where`` and ``axis_name`` (the class axis split over a mesh
+    axis) are as for :func:`js_divergence`.
+
     Example:
       >>> import jax.numpy as jnp, jaxdiv
       >>> p, q = jnp.log(jnp.array([0.5, 0.5])), jnp.log(jnp.array([1.0, 0.0]))
       >>> print(f"{jaxdiv.js_distance(p, q, base=2):.6f}")
       0.557923
     """
-    return safe_sqrt(_checks.in_base(_js(p_logits, q_logits, 0.5, axis, where), base))
+    return safe_sqrt(_checks.in_base(_js(p_logits, q_logits, 0.5, axis, where, axis_name), base))
 
 
 @eager_jit
@@ -142,6 +151,7 @@ def total_variation(
     *,
     axis: int = -1,
     where: Optional[ArrayLike] = None,
+    axis_name: Optional[str] = None,
 ) -> Array:
     r"""Total variation distance :math:`\tfrac12 \sum_i |P_i - Q_i|`, in ``[0, 1]``.
 
@@ -152,14 +162,17 @@ def total_variation(
     Gradient: ``d/dp = sign(P - Q) P / 2`` through the softmax, with the zero
     subgradient where ``P_i = Q_i``.
 
+    ``axis``, ``where`` and ``axis_name`` (the class axis split over a mesh
+    axis) are as for :func:`js_divergence`.
+
     Example:
       >>> import jax.numpy as jnp, jaxdiv
       >>> p, q = jnp.log(jnp.array([0.5, 0.5])), jnp.log(jnp.array([0.9, 0.1]))
       >>> print(f"{jaxdiv.total_variation(p, q):.6f}")
       0.400000
     """
-    p, q = _pair(p_logits, q_logits, axis, where)
-    return divergence(LOGITS, _terms.TOTAL_VARIATION, p, q)
+    p, q = _pair(p_logits, q_logits, axis, where, axis_name)
+    return divergence(LOGITS, _terms.TOTAL_VARIATION, p, q, axis_name=axis_name)
 
 
 @eager_jit
@@ -169,6 +182,7 @@ def hellinger_distance(
     *,
     axis: int = -1,
     where: Optional[ArrayLike] = None,
+    axis_name: Optional[str] = None,
     squared: bool = False,
 ) -> Array:
     r"""Hellinger distance :math:`\sqrt{\tfrac12 \sum_i (\sqrt{P_i} - \sqrt{Q_i})^2}`, in ``[0, 1]``.
@@ -180,14 +194,17 @@ def hellinger_distance(
 
     The gradient of the distance at identical inputs is 0 (zero subgradient).
 
+    ``axis``, ``where`` and ``axis_name`` (the class axis split over a mesh
+    axis) are as for :func:`js_divergence`.
+
     Example:
       >>> import jax.numpy as jnp, jaxdiv
       >>> p, q = jnp.log(jnp.array([1.0, 0.0])), jnp.log(jnp.array([0.0, 1.0]))
       >>> print(f"{jaxdiv.hellinger_distance(p, q):.6f}")  # disjoint supports
       1.000000
     """
-    p, q = _pair(p_logits, q_logits, axis, where)
-    h2 = divergence(LOGITS, _terms.HELLINGER, p, q)
+    p, q = _pair(p_logits, q_logits, axis, where, axis_name)
+    h2 = divergence(LOGITS, _terms.HELLINGER, p, q, axis_name=axis_name)
     return h2 if squared else safe_sqrt(h2)
 
 
@@ -199,6 +216,7 @@ def renyi_divergence(
     *,
     axis: int = -1,
     where: Optional[ArrayLike] = None,
+    axis_name: Optional[str] = None,
     base: Optional[float] = None,
 ) -> Array:
     r"""Renyi divergence of order :math:`\alpha \in (0, \infty)`.
@@ -222,7 +240,7 @@ def renyi_divergence(
       p_logits: logits of P.
       q_logits: logits of Q; broadcasts against ``p_logits``.
       alpha: the order, a positive scalar (may be traced; not differentiated).
-      axis, where: as for :func:`jaxdiv.kl_divergence`.
+      axis, where, axis_name: as for :func:`jaxdiv.kl_divergence`.
       base: logarithm base of the result; nats by default.
 
     Example:
@@ -235,12 +253,13 @@ def renyi_divergence(
       True
     """
     alpha = _checks.scalar_parameter(alpha, "alpha", 0.0, jnp.inf, open_low=True, open_high=True)
-    p, q = _pair(p_logits, q_logits, axis, where)
+    p, q = _pair(p_logits, q_logits, axis, where, axis_name)
     alpha = jnp.asarray(alpha, p.dtype)
-    total = divergence(LOGITS, _terms.RENYI, p, q, (alpha,))
-    value = _terms.renyi_from_total(
-        total, lambda: log_softmax(p), lambda: log_softmax(q), alpha
-    )
+    total = divergence(LOGITS, _terms.RENYI, p, q, (alpha,), axis_name)
+    with classes_split_over(axis_name):
+        value = _terms.renyi_from_total(
+            total, lambda: log_softmax(p), lambda: log_softmax(q), alpha
+        )
     return _checks.in_base(value, base)
 
 
@@ -251,6 +270,7 @@ def jeffreys_divergence(
     *,
     axis: int = -1,
     where: Optional[ArrayLike] = None,
+    axis_name: Optional[str] = None,
     base: Optional[float] = None,
 ) -> Array:
     r"""Jeffreys (symmetrised KL) divergence :math:`KL(P \| Q) + KL(Q \| P)`.
@@ -258,16 +278,19 @@ def jeffreys_divergence(
     Symmetric bit for bit; ``+inf`` unless P and Q share their support. Reverse
     KL needs no name of its own: it is ``kl_divergence(q_logits, p_logits)``.
 
+    ``axis``, ``where`` and ``axis_name`` (the class axis split over a mesh
+    axis) are as for :func:`js_divergence`.
+
     Example:
       >>> import jax.numpy as jnp, jaxdiv
       >>> p, q = jnp.array([0.0, 1.0]), jnp.array([1.0, 0.0])
       >>> bool(jaxdiv.jeffreys_divergence(p, q) == jaxdiv.jeffreys_divergence(q, p))
       True
     """
-    p, q = _pair(p_logits, q_logits, axis, where)
+    p, q = _pair(p_logits, q_logits, axis, where, axis_name)
     # A row where either side has no support is 0, as for every symmetric divergence.
-    mass = jnp.any(p > -jnp.inf, axis=-1) & jnp.any(q > -jnp.inf, axis=-1)
-    return _checks.in_base(jnp.where(mass, _kl(p, q) + _kl(q, p), 0.0), base)
+    mass = any_class(p > -jnp.inf, axis_name) & any_class(q > -jnp.inf, axis_name)
+    return _checks.in_base(jnp.where(mass, _kl(p, q, axis_name) + _kl(q, p, axis_name), 0.0), base)
 
 
 @eager_jit
@@ -278,6 +301,7 @@ def f_divergence(
     *,
     axis: int = -1,
     where: Optional[ArrayLike] = None,
+    axis_name: Optional[str] = None,
     slope_at_infinity: float = jnp.inf,
 ) -> Array:
     r"""The f-divergence :math:`D_f(P \| Q) = \sum_i Q_i f(P_i / Q_i)` of a convex ``f``.
@@ -299,6 +323,9 @@ def f_divergence(
     for nearly identical distributions. The gradient uses ``f'`` from
     ``jax.jvp``, so ``f`` must be differentiable where ``P_i > 0``.
 
+    ``axis``, ``where`` and ``axis_name`` (the class axis split over a mesh
+    axis) are as for :func:`js_divergence`.
+
     Example:
       >>> import jax.numpy as jnp, jaxdiv
       >>> from jax.scipy.special import xlogy
@@ -313,5 +340,5 @@ def f_divergence(
     """
     if not callable(f):
         raise TypeError(f"f must be a callable mapping ratios P/Q to values, got {f!r}.")
-    p, q = _pair(p_logits, q_logits, axis, where)
-    return divergence(LOGITS, _terms.f_terms(f, slope_at_infinity), p, q)
+    p, q = _pair(p_logits, q_logits, axis, where, axis_name)
+    return divergence(LOGITS, _terms.f_terms(f, slope_at_infinity), p, q, axis_name=axis_name)

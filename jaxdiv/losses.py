@@ -47,7 +47,7 @@ from jaxdiv._reductions import (
     safe_divide as _safe_divide,
     softcap_value as _softcap_value,
 )
-from jaxdiv._numerics import difference, expm1mx
+from jaxdiv._numerics import check_axis_name, difference, expm1mx
 from jaxdiv.categorical import _scaled_kl, _tempered
 from jaxdiv.f_divergences import js_divergence
 
@@ -102,6 +102,7 @@ def softmax_cross_entropy(
     class_weights: Optional[ArrayLike] = None,
     reduction: str = "mean",
     return_aux: bool = False,
+    axis_name: Optional[str] = None,
 ):
     r"""Softmax cross-entropy with the options training code needs, in one pass over the logits.
 
@@ -151,6 +152,10 @@ def softmax_cross_entropy(
       class_weights: ``[C]`` non-negative weights :math:`w` (not differentiated).
       reduction: ``"mean"``, ``"sum"`` or ``"none"``, see above.
       return_aux: also return a :class:`CrossEntropyAux`.
+      axis_name: inside ``jax.shard_map`` with the class axis split over this
+        mesh axis (vocabulary parallelism): per-row statistics are combined
+        across it (``lax.pmax`` / ``lax.psum`` of per-row scalars); None: whole
+        rows. ``class_weights`` are then this device's slice of them.
 
     Returns:
       the loss (a scalar, or the batch shape for ``"none"``, 0 at masked and
@@ -180,6 +185,7 @@ def softmax_cross_entropy(
       >>> print(f"{loss:.6f} {aux.accuracy:.2f}")
       0.495866 1.00
     """
+    check_axis_name(axis_name)
     reduction = _checks.choice(reduction, "reduction", _REDUCTIONS)
     label_smoothing = _checks.scalar_parameter(
         label_smoothing, "label_smoothing", 0.0, 1.0, open_low=False, open_high=False)
@@ -227,7 +233,7 @@ def softmax_cross_entropy(
     weights = _class_weights(class_weights, num_classes, dtype)
     smoothing = not _is_static_zero(label_smoothing)
     stats = label_stats(
-        x, target, valid=valid, weights=weights, softcap=cap, smoothing=smoothing
+        x, target, valid=valid, weights=weights, softcap=cap, smoothing=smoothing, axis_name=axis_name
     )
 
     return _cross_entropy_from_stats(
@@ -254,6 +260,7 @@ def distillation_loss(
     where: Optional[ArrayLike] = None,
     reduction: str = "mean",
     teacher_gradient: bool = False,
+    axis_name: Optional[str] = None,
 ) -> Array:
     r"""Knowledge-distillation loss between a student's and a teacher's logits.
 
@@ -290,6 +297,8 @@ def distillation_loss(
       where: boolean mask over positions (the batch shape).
       reduction: ``"mean"`` (over valid positions), ``"sum"`` or ``"none"``.
       teacher_gradient: let gradients flow into ``teacher_logits``.
+      axis_name: the mesh axis the class axis is split over inside
+        ``jax.shard_map``, as for :func:`softmax_cross_entropy`.
 
     Returns:
       the loss, in ``result_type(dtype, float32)``. ``+inf`` for
@@ -304,6 +313,7 @@ def distillation_loss(
       >>> print(f"{losses.distillation_loss(student, teacher, temperature=2.0):.6f}")
       0.241076
     """
+    check_axis_name(axis_name)
     reduction = _checks.choice(reduction, "reduction", _REDUCTIONS)
     kind = _checks.choice(kind, "kind", _KINDS)
     temperature = _checks.scalar_parameter(
@@ -327,12 +337,12 @@ def distillation_loss(
     # The KL kernel applies 1/T and the mask inside its row blocks; JS gets
     # tempered, masked logits.
     if kind == "forward_kl":
-        value = _scaled_kl(t, s, inverse, valid)
+        value = _scaled_kl(axis_name)(t, s, inverse, valid)
     elif kind == "reverse_kl":
-        value = _scaled_kl(s, t, inverse, valid)
+        value = _scaled_kl(axis_name)(s, t, inverse, valid)
     else:
         s, t = _tempered(s, inverse, valid), _tempered(t, inverse, valid)
-        value = js_divergence(t, s, beta=beta)
+        value = js_divergence(t, s, beta=beta, axis_name=axis_name)
     if not unit_temperature:
         value = value * jnp.square(jnp.asarray(temperature, value.dtype))
     return _reduce(value, _counts(valid, batch, value.dtype), reduction)
@@ -432,6 +442,7 @@ def kl_penalty_from_logits(
     axis: int = -1,
     where: Optional[ArrayLike] = None,
     reduction: str = "mean",
+    axis_name: Optional[str] = None,
 ) -> Array:
     r"""The exact per-token :math:`KL(\pi \| \pi_{ref})` from full logits, reduced over tokens.
 
@@ -446,6 +457,8 @@ def kl_penalty_from_logits(
       axis: the vocabulary axis.
       where: boolean mask over tokens (the batch shape).
       reduction: ``"mean"`` (over valid tokens), ``"sum"`` or ``"none"``.
+      axis_name: the mesh axis the class axis is split over inside
+        ``jax.shard_map``, as for :func:`softmax_cross_entropy`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -454,7 +467,8 @@ def kl_penalty_from_logits(
       0.0
     """
     return distillation_loss(
-        logits, ref_logits, kind="reverse_kl", axis=axis, where=where, reduction=reduction
+        logits, ref_logits, kind="reverse_kl", axis=axis, where=where, reduction=reduction,
+        axis_name=axis_name,
     )
 
 

@@ -64,8 +64,6 @@ def programs():
             [logits, labels], (0,)),
         "losses.distillation_loss": (
             lambda s, t: losses.distillation_loss(s, t, temperature=2.0, reduction="none"), pair, (0,)),
-        "losses.kl_penalty_from_logits": (
-            lambda x, r: losses.kl_penalty_from_logits(x, r, reduction="none"), pair, (0,)),
         "losses.binary_cross_entropy": (
             lambda x, y: losses.binary_cross_entropy(x, y, reduction="none"), pair, (0,)),
         "losses.vae_kl": (lambda m, v: losses.vae_kl(m, v, reduction="none"), [gauss] * 2, (0, 1)),
@@ -110,34 +108,46 @@ def _largest(text: str) -> int:
 def measure(devices: int) -> dict:
     """Per program: the collectives, the largest array, and the compiled cost of
     one device's program, with every input sharded over its batch axis (with one
-    device, the single-device program)."""
+    device, the single-device program). With 4 devices, also the
+    categorical programs on a (data, model) mesh, the classes split over
+    ``model`` under plain ``jax.jit`` (entries named ``"... [vocabulary]"``)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
     assert len(jax.devices()) == devices, jax.devices()
-    mesh = Mesh(np.array(jax.devices()), ("data",))
+    meshes = {"": (Mesh(np.array(jax.devices()), ("data",)), None)}
+    if devices == 4:
+        grid = np.array(jax.devices()).reshape(devices // 2, 2)
+        meshes[" [vocabulary]"] = (Mesh(grid, ("data", "model")), "model")
 
-    def spec(shape, dtype, axis):
+    def spec(mesh, model, shape, dtype, axis):
         names = [None] * len(shape)
         if axis is not None:
             names[axis] = "data"
+        if model is not None and shape[-1] == CLASSES:
+            names[-1] = model
         return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, P(*names)))
 
     report = {}
-    for name, (fn, inputs, argnums) in programs().items():
-        grad = jax.value_and_grad(lambda *a, fn=fn: jnp.sum(fn(*a)), argnums=argnums)
-        for kind, program in (("forward", fn), ("value+grad", grad)):
-            compiled = jax.jit(program).trace(*(spec(*i) for i in inputs)).lower().compile()
-            cost, text = compiled.cost_analysis(), compiled.as_text()
-            report[f"{name} {kind}"] = {
-                "collectives": _collectives(text),
-                "largest": _largest(text),
-                "flops": cost.get("flops", 0.0),
-                "bytes": cost.get("bytes accessed", 0.0),
-                "temps": compiled.memory_analysis().temp_size_in_bytes,
-            }
+    for suffix, (mesh, model) in meshes.items():
+        for name, (fn, inputs, argnums) in programs().items():
+            if model is not None and (name.startswith(("fused.", "gaussian.", "probs.", "losses.vae_kl", "js_distance"))
+                                      or "[" in name):
+                continue
+            grad = jax.value_and_grad(lambda *a, fn=fn: jnp.sum(fn(*a)), argnums=argnums)
+            for kind, program in (("forward", fn), ("value+grad", grad)):
+                args = [spec(mesh, model, *i) for i in inputs]
+                compiled = jax.jit(program).trace(*args).lower().compile()
+                cost, text = compiled.cost_analysis(), compiled.as_text()
+                report[f"{name} {kind}{suffix}"] = {
+                    "collectives": _collectives(text),
+                    "largest": _largest(text),
+                    "flops": cost.get("flops", 0.0),
+                    "bytes": cost.get("bytes accessed", 0.0),
+                    "temps": compiled.memory_analysis().temp_size_in_bytes,
+                }
     return report
 
 

@@ -1,0 +1,176 @@
+"""Vocabulary parallelism: every kernel and loss with ``axis_name=`` inside
+``shard_map`` on a (data=2, model=2) mesh of 4 host devices, against the same
+function on whole rows, values and gradients (reverse and forward mode).
+
+Run as ``python -m tests.vocab_parallel float32|float64`` (it sets the host device count before
+JAX starts); prints one JSON list of mismatches. Used by ``tests/test_many_devices.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def edge_logits(dtype, rows=16, classes=24, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    p = (rng.standard_normal((rows, classes)) * 3).astype(dtype)
+    q = (p + rng.standard_normal((rows, classes))).astype(dtype)
+    half = classes // 2                    # the model axis splits the classes in two
+    p[0, :5] = -np.inf                     # zeros in P
+    q[1, 7] = -np.inf                      # Q = 0 < P: KL +inf
+    p[2] = -np.inf                         # P without mass
+    p[3] = 0.0                             # ties everywhere
+    p[4, 3] = p[4, half + 3] = 50.0        # a tie at the maximum across the shards
+    p[5, :half] = -np.inf                  # a whole shard of -inf
+    p[6, 2] = np.nan                       # NaN row (on one shard only)
+    p[7] = -1e30                           # masked row
+    p[8, 1:] = -np.inf                     # one-hot
+    q[9] = p[9] + 1e4                      # an offset
+    q[10, half:] = -np.inf                 # Q's mass on the first shard only
+    labels = rng.integers(0, classes, rows)
+    labels[11], labels[12] = classes - 1, 0  # labels owned by the second / first shard
+    labels[13] = half                        # the second shard's first class
+    mask = np.ones((rows, classes), bool)
+    mask[14, half - 2: half + 2] = False     # a mask across the shard boundary
+    mask[15, :half] = False                  # a whole shard masked
+    return p, q, labels, mask
+
+
+def cases():
+    import jaxdiv
+    from jaxdiv import losses
+
+    return {
+        "kl_divergence": lambda p, q, y, m, ax: jaxdiv.kl_divergence(p, q, axis_name=ax),
+        "kl_divergence where": lambda p, q, y, m, ax: jaxdiv.kl_divergence(p, q, where=m, axis_name=ax),
+        "cross_entropy": lambda p, q, y, m, ax: jaxdiv.cross_entropy(p, q, axis_name=ax),
+        "entropy": lambda p, q, y, m, ax: jaxdiv.entropy(p, axis_name=ax),
+        "cross_entropy_with_integer_labels": lambda p, q, y, m, ax: jaxdiv.cross_entropy_with_integer_labels(
+            q, y, axis_name=ax),
+        "cross_entropy_with_integer_labels where": lambda p, q, y, m, ax: (
+            jaxdiv.cross_entropy_with_integer_labels(q, y, where=m, axis_name=ax)),
+        "js_divergence": lambda p, q, y, m, ax: jaxdiv.js_divergence(p, q, beta=0.3, axis_name=ax),
+        "js_distance": lambda p, q, y, m, ax: jaxdiv.js_distance(p, q, axis_name=ax),
+        "total_variation": lambda p, q, y, m, ax: jaxdiv.total_variation(p, q, axis_name=ax),
+        "hellinger_distance": lambda p, q, y, m, ax: jaxdiv.hellinger_distance(p, q, axis_name=ax),
+        "renyi_divergence 0.5": lambda p, q, y, m, ax: jaxdiv.renyi_divergence(p, q, 0.5, axis_name=ax),
+        "renyi_divergence 2": lambda p, q, y, m, ax: jaxdiv.renyi_divergence(p, q, 2.0, axis_name=ax),
+        "jeffreys_divergence": lambda p, q, y, m, ax: jaxdiv.jeffreys_divergence(p, q, axis_name=ax),
+        "f_divergence": lambda p, q, y, m, ax: jaxdiv.f_divergence(
+            p, q, lambda t: (t - 1) ** 2, axis_name=ax),
+        "losses.softmax_cross_entropy": lambda p, q, y, m, ax: losses.softmax_cross_entropy(
+            q, y, label_smoothing=0.1, z_loss=1e-3, logit_softcap=30.0, reduction="none", axis_name=ax),
+        # p holds target probabilities here
+        "losses.softmax_cross_entropy soft": lambda p, q, y, m, ax: losses.softmax_cross_entropy(
+            q, p, reduction="none", axis_name=ax),
+        "losses.distillation_loss": lambda p, q, y, m, ax: losses.distillation_loss(
+            q, p, temperature=2.0, reduction="none", axis_name=ax),
+        "losses.distillation_loss jsd": lambda p, q, y, m, ax: losses.distillation_loss(
+            q, p, kind="jsd", reduction="none", axis_name=ax),
+        "losses.kl_penalty_from_logits": lambda p, q, y, m, ax: losses.kl_penalty_from_logits(
+            q, p, reduction="none", axis_name=ax),
+    }
+
+
+def compare(dtype_name: str, forward_mode: bool = True) -> list:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh, PartitionSpec as P
+
+    dtype = np.dtype(dtype_name)
+    # float32: the split sums add the same terms in another order, so a value
+    # that sums many large terms (chi^2 ~ 1e3) moves by a few roundings, and a
+    # gradient by a few roundings of the largest entry of its row.
+    rtol = 2e-6 if dtype == np.float32 else 1e-12
+    grad_rtol = 1e-5 if dtype == np.float32 else 1e-12
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 2), ("data", "model"))
+    p, q, labels, mask = edge_logits(dtype)
+    rows = P("data", "model")
+    specs = (rows, rows, P("data"), rows)
+    bad = []
+
+    def close(name, what, got, want, scale):
+        got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+        if not np.array_equal(np.isnan(got), np.isnan(want)):
+            bad.append((dtype_name, name, what, "NaN placement"))
+            return
+        tol = rtol if what == "value" else grad_rtol
+        ok = np.isnan(want) | (got == want) | np.isclose(got, want, rtol=tol, atol=tol * scale)
+        if not ok.all():
+            bad.append((dtype_name, name, what, float(np.max(np.abs(got - want)[~ok]))))
+
+    for name, fn in cases().items():
+        soft = name.endswith(" soft")
+        a = p if not soft else np.asarray(jax.nn.softmax(np.clip(np.nan_to_num(p, nan=0.0), -50, 50), axis=-1))
+        want = fn(a, q, labels, mask, None)
+        split = jax.jit(jax.shard_map(lambda *x, fn=fn: fn(*x, "model"), mesh=mesh, in_specs=specs,
+                                      out_specs=P("data")))
+        close(name, "value", split(a, q, labels, mask), want, 1.0)
+
+        def total(p_, q_, y_, m_, ax, fn=fn):
+            v = fn(p_, q_, y_, m_, ax)
+            v = jnp.where(jnp.isfinite(v), v, 0.0).sum()
+            return v if ax is None else jax.lax.psum(v, "data")
+
+        argnums = (1,) if soft else (0, 1)
+        want_g = jax.grad(total, argnums)(a, q, labels, mask, None)
+        got_g = jax.jit(jax.shard_map(
+            jax.grad(lambda *x, total=total: total(*x, "model"), argnums), mesh=mesh, in_specs=specs,
+            out_specs=(rows,) * len(argnums)))(a, q, labels, mask)
+        for i, (g, w) in enumerate(zip(got_g, want_g)):
+            close(name, f"grad {argnums[i]}", g, w, float(np.nanmax(np.abs(w), initial=1.0)))
+
+        if not forward_mode:
+            continue
+        # forward mode: the directional derivative along a fixed direction of q
+        direction = np.cos(np.arange(q.size, dtype=dtype)).reshape(q.shape)
+
+        def along(p_, q_, y_, m_, ax, fn=fn):
+            return jax.jvp(lambda z: fn(p_, z, y_, m_, ax), (q_,), (direction_of(q_),))[1]
+
+        def direction_of(q_):
+            return jnp.asarray(direction) if q_.shape == q.shape else local_direction()
+
+        def local_direction():
+            r = jax.lax.axis_index("data") * (q.shape[0] // 2)
+            c = jax.lax.axis_index("model") * (q.shape[1] // 2)
+            return jax.lax.dynamic_slice(jnp.asarray(direction), (r, c), (q.shape[0] // 2, q.shape[1] // 2))
+
+        want_t = along(a, q, labels, mask, None)
+        got_t = jax.jit(jax.shard_map(lambda *x: along(*x, "model"), mesh=mesh, in_specs=specs,
+                                      out_specs=P("data")))(a, q, labels, mask)
+        finite = np.isfinite(np.asarray(want))
+        close(name, "jvp", np.where(finite, got_t, 0.0), np.where(finite, want_t, 0.0),
+              float(np.nanmax(np.abs(np.where(finite, want_t, 0.0)), initial=1.0)))
+    return bad
+
+
+def unbound_axis_error() -> str:
+    import jax.numpy as jnp
+
+    import jaxdiv
+
+    try:
+        jaxdiv.kl_divergence(jnp.zeros(3), jnp.zeros(3), axis_name="model")
+    except ValueError as e:
+        return str(e)
+    return ""
+
+
+if __name__ == "__main__":
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+
+    dtype = sys.argv[1]
+    if dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    # forward mode once, in float32
+    mismatches = compare(dtype, forward_mode=dtype == "float32")
+    print(json.dumps({"mismatches": mismatches, "unbound": unbound_axis_error()}))
+    sys.exit(0)
