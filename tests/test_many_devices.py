@@ -91,3 +91,30 @@ def test_vocabulary_parallel_matches_whole_rows(dtype):
     found = json.loads(result.stdout)
     assert found["mismatches"] == []
     assert "names no mesh axis here" in found["unbound"]
+
+
+def test_two_processes_on_the_distributed_runtime():
+    # Two processes on localhost (jax.distributed, gloo over loopback), each
+    # owning half of the vocabulary; every loss and gradient equals the
+    # single-process one within float32 rounding, and both processes stop.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.two_processes", str(i), str(port)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err[-3000:]
+            outputs.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert sorted(o["process"] for o in outputs) == [0, 1]
+    for found in outputs:
+        assert found["devices"] == 4
+        for name, errors in found["worst"].items():
+            assert max(errors) <= 1e-6, (found["process"], name, errors)
