@@ -79,7 +79,8 @@ import numpy as np
 from jaxdiv import _checks, _terms
 from jaxdiv._labels import LabelStats, _softcap, _softcap_slope
 from jaxdiv._numerics import (
-    expm1mx, finite_or_zero, invalid, neg_log1pmx, on_platform, row_max, row_sum, shifted_difference,
+    check_axis_name, class_offset, classes_split_over, expm1mx, finite_or_zero, invalid, neg_log1pmx,
+    num_classes, on_platform, row_max, row_sum, shifted_difference,
 )
 from jaxdiv._termwise import Pair, _log_ratio_field
 from jaxdiv._reductions import (
@@ -151,6 +152,40 @@ class _Config(NamedTuple):
     beta: float = 0.5
     inverse_temperature: float = 1.0
     teacher_is_logits: bool = True
+    axis_name: Optional[str] = None   # the mesh axis the vocabulary is split over
+
+
+def _with_classes_of(fn):
+    """``fn(cfg, ...)`` traced with the vocabulary split over ``cfg.axis_name``
+    (each rule sets it: JAX traces a backward rule after the caller returned)."""
+
+    @functools.wraps(fn)
+    def traced(cfg, *args):
+        with classes_split_over(cfg.axis_name):
+            return fn(cfg, *args)
+
+    return traced
+
+
+def _summed_like(grad: Optional[Array], primal) -> Optional[Array]:
+    """``grad`` summed over the mesh axes it varies over and ``primal`` does not.
+
+    Inside ``shard_map`` an input that is the same on several devices (the
+    weight under data parallelism, the hidden states under a vocabulary
+    split) gets the sum of every device's part of its gradient, as JAX's own
+    differentiation gives it; a custom backward rule has to form that sum.
+    """
+    if grad is None:
+        return None
+    extra = tuple(sorted(_varying_axes(grad) - _varying_axes(primal)))
+    return jax.lax.psum(grad, extra) if extra else grad
+
+
+def _varying_axes(x) -> frozenset:
+    """The manual mesh axes ``x`` varies over (JAX 0.10: ``manual_axis_type``; before: ``vma``)."""
+    aval = jax.typeof(x)
+    mat = getattr(aval, "manual_axis_type", None)
+    return frozenset(mat.varying if mat is not None else getattr(aval, "vma", ()))
 
 
 def _compute_dtype(*arrays) -> jnp.dtype:
@@ -220,15 +255,17 @@ def _add_chunk_grads(
 def _over_chunks(step, carry, vocab_size: int, chunk: int):
     """``carry = step(carry, start, size)`` over ``[0, V)`` in chunks of ``chunk`` columns.
 
-    The full chunks run in one ``lax.scan``; a shorter last chunk runs once
+    The full chunks but the first run in one ``lax.scan``; a shorter last chunk runs once
     after it with its own static size, so nothing is padded and no padded
     column can reach a normaliser.
     """
     full, rest = divmod(vocab_size, chunk)
-    if full == 1:
+    if full >= 1:
+        # The first chunk runs before the loop: inside shard_map its carry then
+        # varies over the mesh axes the inputs vary over, as the loop's does.
         carry = step(carry, 0, chunk)
-    elif full > 1:
-        starts = jnp.arange(full, dtype=jnp.int32) * chunk
+    if full > 1:
+        starts = jnp.arange(1, full, dtype=jnp.int32) * chunk
         carry, _ = jax.lax.scan(lambda c, start: (step(c, start, chunk), None), carry, starts)
     if rest:
         carry = step(carry, full * chunk, rest)
@@ -391,10 +428,11 @@ class _LabelCarry(NamedTuple):
 def _label_pass(cfg: _Config, hidden, weight, bias, labels) -> _LabelCarry:
     rows, dtype = hidden.shape[0], _compute_dtype(hidden, weight)
     zeros = jnp.zeros((rows,), dtype)
+    first = class_offset(weight.shape[cfg.vocab_axis], labels.dtype)   # this device's first class
 
     def step(carry: _LabelCarry, start, size):
         x = _softcap(_logits(cfg, hidden, weight, bias, start, size), cfg.softcap)
-        column = jax.lax.broadcasted_iota(labels.dtype, x.shape, 1) + start
+        column = jax.lax.broadcasted_iota(labels.dtype, x.shape, 1) + (start + first)
         picked = carry.picked + row_sum(jnp.where(column == labels[:, None], x, 0.0))
         local = _chunk_normaliser(x)
         norm = _merge(carry.norm, local)
@@ -421,7 +459,7 @@ def _label_stats_of(
     norm = carry.norm
     log_sum = jnp.log1p(norm.rest)
     bad = invalid(norm.rest)
-    in_range = (labels >= 0) & (labels < vocab)
+    in_range = (labels >= 0) & (labels < num_classes(vocab))
     finite = carry.picked > -jnp.inf
     gap = norm.max - jnp.where(finite, carry.picked, 0.0)
     nll = jnp.where(finite & jnp.isfinite(log_sum), gap + log_sum, jnp.inf)
@@ -448,6 +486,7 @@ def _linear_label_stats(cfg: _Config, hidden, weight, bias, labels, valid) -> La
     return _linear_label_stats_fwd(cfg, hidden, weight, bias, labels, valid)[0]
 
 
+@_with_classes_of
 def _linear_label_stats_fwd(cfg, hidden, weight, bias, labels, valid):
     carry = _label_pass(cfg, hidden, weight, bias, labels)
     stats = _label_stats_of(cfg, carry, labels, valid, weight.shape[cfg.vocab_axis])
@@ -456,10 +495,12 @@ def _linear_label_stats_fwd(cfg, hidden, weight, bias, labels, valid):
 
 # Closed form softmax - onehot (and - uniform, for smoothing) formed chunk by
 # chunk from the saved log-normaliser: nothing [N, V] is kept or rebuilt.
+@_with_classes_of
 def _linear_label_stats_bwd(cfg, residuals, cotangent):
     hidden, weight, bias, labels, valid, lse, count = residuals
     vocab = weight.shape[cfg.vocab_axis]
-    in_range = (labels >= 0) & (labels < vocab)
+    first = class_offset(vocab, labels.dtype)
+    in_range = (labels >= 0) & (labels < num_classes(vocab))
     # An out-of-range label poisons its own row's gradient.
     d_nll = cotangent.nll * jnp.where(in_range, 1.0, jnp.nan)
     d_uniform = cotangent.uniform_nll / jnp.maximum(count, 1.0)
@@ -469,7 +510,7 @@ def _linear_label_stats_bwd(cfg, residuals, cotangent):
     def step(grads, start, size):
         z = _logits(cfg, hidden, weight, bias, start, size)
         x = _softcap(z, cfg.softcap)
-        column = jax.lax.broadcasted_iota(labels.dtype, x.shape, 1) + start
+        column = jax.lax.broadcasted_iota(labels.dtype, x.shape, 1) + (start + first)
         g = total[:, None] * jnp.exp(x - shift[:, None])
         g = g - jnp.where(column == labels[:, None], d_nll[:, None], 0.0)
         if cfg.smoothing:
@@ -481,7 +522,8 @@ def _linear_label_stats_bwd(cfg, residuals, cotangent):
         return _add_chunk_grads(cfg, grads, g, hidden, weight, start, size)
 
     grads = _over_chunks(step, _zero_grads(hidden, weight, bias), vocab, cfg.chunk)
-    return grads.hidden.astype(hidden.dtype), grads.weight, grads.bias, None, None
+    return (_summed_like(grads.hidden.astype(hidden.dtype), hidden), _summed_like(grads.weight, weight),
+            _summed_like(grads.bias, bias), None, None)
 
 
 _linear_label_stats.defvjp(_linear_label_stats_fwd, _linear_label_stats_bwd)
@@ -503,6 +545,7 @@ def linear_cross_entropy(
     chunk_size: Optional[int] = None,
     weight_layout: str = "dv",
     precision=None,
+    axis_name: Optional[str] = None,
 ):
     r"""Softmax cross-entropy of a linear head, without materialising its logits.
 
@@ -540,7 +583,11 @@ def linear_cross_entropy(
         ``jax.lax.Precision`` for the products (on GPU and TPU the default
         may round float32 inputs to TF32 / bfloat16 passes). Accumulation is
         float32 (float64 for float64 inputs) whatever the input dtype.
-
+      axis_name: inside ``jax.shard_map`` with the vocabulary split over this
+        mesh axis (the weight's vocabulary axis and the bias sharded, the
+        hidden states and labels whole on every device of the axis; tensor
+        parallelism): per-row statistics are combined across it and the hidden
+        states' gradient is summed over it. None: the whole vocabulary here.
     Returns:
       the loss (scalar, or the batch shape for ``"none"``) in
       ``result_type(dtype, float32)``; with ``return_aux``, ``(loss, aux)``.
@@ -559,6 +606,7 @@ def linear_cross_entropy(
       >>> bool(jnp.allclose(loss, reference, rtol=1e-6))
       True
     """
+    check_axis_name(axis_name)
     reduction = _checks.choice(reduction, "reduction", _REDUCTIONS)
     label_smoothing = _checks.scalar_parameter(
         label_smoothing, "label_smoothing", 0.0, 1.0, open_low=False, open_high=False)
@@ -578,6 +626,7 @@ def linear_cross_entropy(
     smoothing = not _is_static_zero(label_smoothing)
     cfg = _Config(
         chunk=0, vocab_axis=axis, precision=_precision(precision), softcap=cap, smoothing=smoothing,
+        axis_name=axis_name,
     )
     h_read = _unread(h, valid)
     stats = _per_platform(
@@ -745,9 +794,10 @@ def _divergence_pass(cfg: _Config, hidden, weight, bias, teacher, valid):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _linear_divergence(cfg: _Config, hidden, weight, bias, teacher, valid) -> Array:
-    return _divergence_pass(cfg, hidden, weight, bias, teacher, valid)[0]
+    return _linear_divergence_fwd(cfg, hidden, weight, bias, teacher, valid)[0]
 
 
+@_with_classes_of
 def _linear_divergence_fwd(cfg, hidden, weight, bias, teacher, valid):
     value, stats = _divergence_pass(cfg, hidden, weight, bias, teacher, valid)
     return value, (hidden, weight, bias, teacher, valid, stats)
@@ -755,6 +805,7 @@ def _linear_divergence_fwd(cfg, hidden, weight, bias, teacher, valid):
 
 # dD/dx_j = a_j - P_j sum(a) (and likewise for Q), the closed form of the
 # categorical kernels, formed chunk by chunk from the saved row statistics.
+@_with_classes_of
 def _linear_divergence_bwd(cfg, residuals, cotangent):
     hidden, weight, bias, teacher, valid, (norms, correction, sum_a, sum_b, live) = residuals
     terms, params = _terms_of(cfg)
@@ -772,7 +823,8 @@ def _linear_divergence_bwd(cfg, residuals, cotangent):
 
     grads = _over_chunks(step, _zero_grads(hidden, weight, bias), weight.shape[cfg.vocab_axis], cfg.chunk)
     no_teacher_grad = jax.tree.map(lambda _: None, teacher)
-    return grads.hidden.astype(hidden.dtype), grads.weight, grads.bias, no_teacher_grad, None
+    return (_summed_like(grads.hidden.astype(hidden.dtype), hidden), _summed_like(grads.weight, weight),
+            _summed_like(grads.bias, bias), no_teacher_grad, None)
 
 
 _linear_divergence.defvjp(_linear_divergence_fwd, _linear_divergence_bwd)
@@ -828,6 +880,7 @@ def linear_distillation_loss(
     chunk_size: Optional[int] = None,
     weight_layout: str = "dv",
     precision=None,
+    axis_name: Optional[str] = None,
 ) -> Array:
     r"""Knowledge distillation through a student's linear head, without materialising its logits.
 
@@ -856,7 +909,11 @@ def linear_distillation_loss(
       where: boolean mask over positions; False positions are never read.
       reduction: ``"mean"`` (over valid positions), ``"sum"`` or ``"none"``.
       chunk_size, weight_layout, precision: as in :func:`linear_cross_entropy`.
-
+      axis_name: inside ``jax.shard_map`` with the vocabulary split over this
+        mesh axis (the weight's vocabulary axis and the bias sharded, the
+        hidden states and labels whole on every device of the axis; tensor
+        parallelism): per-row statistics are combined across it and the hidden
+        states' gradient is summed over it. None: the whole vocabulary here.
     Returns:
       the loss in ``result_type(dtype, float32)``; gradients flow to the
       student's hidden states, weight and bias (reverse mode).
@@ -873,6 +930,7 @@ def linear_distillation_loss(
       >>> print(f"{loss:.5f} {reference:.5f}")
       1.11977 1.11977
     """
+    check_axis_name(axis_name)
     reduction = _checks.choice(reduction, "reduction", _REDUCTIONS)
     kind = _checks.choice(kind, "kind", _KINDS)
     temperature = _static_float(temperature, "temperature")
@@ -891,7 +949,7 @@ def linear_distillation_loss(
         teacher = (_unread(teacher[0], valid),) + tuple(teacher[1:])
     cfg = _Config(
         chunk=0, vocab_axis=axis, precision=_precision(precision), kind=kind, beta=beta,
-        inverse_temperature=1.0 / temperature, teacher_is_logits=teacher_is_logits,
+        inverse_temperature=1.0 / temperature, teacher_is_logits=teacher_is_logits, axis_name=axis_name,
     )
     h_read = _unread(h, valid)
     value = _per_platform(
@@ -917,6 +975,7 @@ def linear_kl_divergence(
     chunk_size: Optional[int] = None,
     weight_layout: str = "dv",
     precision=None,
+    axis_name: Optional[str] = None,
 ) -> Array:
     r"""KL divergence between a teacher and a student's linear head, without the student's logits.
 
@@ -925,7 +984,7 @@ def linear_kl_divergence(
     temperature :math:`T` and **without** distillation's :math:`T^2` factor:
     ``jaxdiv.kl_divergence(teacher_logits / T, (h @ W + b) / T)`` reduced over
     positions. For a KL penalty towards a reference policy's logits, say.
-    Arguments as in :func:`linear_distillation_loss`.
+    Arguments (``axis_name`` included) as in :func:`linear_distillation_loss`.
 
     Example:
       >>> import jax, jaxdiv
@@ -942,7 +1001,7 @@ def linear_kl_divergence(
         student_hidden, student_weight, teacher, student_bias=student_bias,
         temperature=temperature, kind="reverse_kl" if reverse else "forward_kl",
         where=where, reduction=reduction, chunk_size=chunk_size,
-        weight_layout=weight_layout, precision=precision,
+        weight_layout=weight_layout, precision=precision, axis_name=axis_name,
     )
     temperature = float(temperature)
     return value if temperature == 1.0 else value / temperature**2
