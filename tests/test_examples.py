@@ -55,3 +55,20 @@ def test_byte_lm_with_the_fused_tied_head_learns():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     padded = f_grads["params"]["embedding"][byte_lm.BYTES:]
     assert np.all(np.asarray(padded) == 0)
+
+
+def test_tensor_parallel_lm_follows_the_single_device_run():
+    # (data=2, model=2) on 4 host devices, in a subprocess so the count does not leak.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = ("import os; os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'\n"
+              "from examples import tensor_parallel_lm as t\n"
+              "a = t.train(20, mesh=t.make_mesh()); b = t.train(20)\n"
+              "print(max(abs(x - y) / abs(y) for x, y in zip(a, b)), b[0], b[-1])")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr[-3000:]
+    worst, first, last = map(float, result.stdout.split())
+    assert worst < 1e-5 and last < first
