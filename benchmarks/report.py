@@ -10,6 +10,8 @@ accuracy against float64, prints a summary and writes ``results.json``,
 
 ``--accelerator-model`` runs the accelerator-model report instead
 (``benchmarks/accelerator_model.py``): no timing, compiles only.
+``--many-devices`` runs the many-device report (``benchmarks/many_devices.py``):
+collective bytes read from compiled programs, and times on 1-8 host devices.
 """
 
 from __future__ import annotations
@@ -612,4 +614,11 @@ if __name__ == "__main__":
     from benchmarks._env import ensure_venv
 
     ensure_venv()
+    if "--many-devices" in sys.argv[1:]:
+        from benchmarks import many_devices
+
+        out = Path(sys.argv[sys.argv.index("--out") + 1]) if "--out" in sys.argv else ROOT / "benchmark-results"
+        print(many_devices.report(out))
+        print(f"written: {out / 'many-devices.json'}, {out / 'many-devices.md'}")
+        sys.exit(0)
     main()

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import many_devices
-from tests.many_devices import CLASSES, HIDDEN, ROWS
+from benchmarks import many_devices
+from benchmarks.many_devices import CLASSES, HIDDEN, ROWS
 
 COUNTS = (4, 8)
 # The fused heads' weight is replicated under data parallelism: its gradient is
