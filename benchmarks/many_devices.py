@@ -211,7 +211,6 @@ def collective_bytes(text: str) -> int:
 
 def _report_programs():
     import jax
-    import jax.numpy as jnp
     import optax
 
     import jaxdiv
