@@ -37,6 +37,21 @@ SCRIPT = textwrap.dedent(
                                  in_specs=(P("batch"), P("batch")), out_specs=P("batch")))
     for got, want in zip(grad(p, q), jax.grad(lambda a, b: jaxdiv.kl_divergence(a, b).sum(), argnums=(0, 1))(p, q)):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+    # a fused head, data parallel: the weight is the same on both devices and
+    # gets the sum of their gradients, as jax.grad gives it for the whole batch
+    from jaxdiv import fused
+    h = rng.standard_normal((8, 4)).astype(np.float32)
+    w = rng.standard_normal((4, 16)).astype(np.float32)
+
+    def head(h, w, y):
+        return jax.lax.psum(fused.linear_cross_entropy(h, w, y, reduction="sum", chunk_size=4), "batch")
+    got = jax.jit(jax.shard_map(jax.value_and_grad(head, argnums=(0, 1)), mesh=mesh,
+                                in_specs=(P("batch"), P(), P("batch")), out_specs=(P(), (P("batch"), P()))))(h, w, y)
+    want = jax.value_and_grad(lambda h, w: fused.linear_cross_entropy(h, w, y, reduction="sum", chunk_size=4),
+                              argnums=(0, 1))(h, w)
+    for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, r, rtol=2e-6, atol=1e-6)
     print("ok")
     """
 )
