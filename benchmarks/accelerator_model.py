@@ -361,6 +361,43 @@ def run(kernels=None, dtype="float32", branches=("accelerator", "cpu")) -> list[
 _BRANCH_NAMES = {"accelerator": "0.3 (whole-array)", "cpu": "0.2 (row blocks)", None: "default"}
 
 
+def sharded_on_tpu(rows: int = 1024, classes: int = 32000) -> str:
+    """The TPU v5e's 4 chips (v5e:2x2) with the batch sharded (``data``) and with
+    the classes split too (``data x model``) under plain ``jax.jit``: which
+    collectives the partitioner makes, and their bytes per row of a chip's
+    part of the batch. A markdown table."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.experimental import topologies
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    import jaxdiv
+    from benchmarks.many_devices import _collectives, collective_bytes
+    from jaxdiv import losses
+
+    chips = np.array(topologies.get_topology_desc("v5e:2x2", platform="tpu").devices)
+    layouts = {"data": (Mesh(chips.reshape(4), ("data",)), P("data", None), 4),
+               "data x model": (Mesh(chips.reshape(2, 2), ("data", "model")), P("data", "model"), 2)}
+    programs = {
+        "kl_divergence": (lambda p, q, y: jaxdiv.kl_divergence(p, q).sum(), (0, 1)),
+        "js_divergence": (lambda p, q, y: jaxdiv.js_divergence(p, q).sum(), (0, 1)),
+        "losses.softmax_cross_entropy (smoothing)": (
+            lambda p, q, y: losses.softmax_cross_entropy(q, y, label_smoothing=0.1), (1,)),
+    }
+    lines = [f"TPU v5e:2x2, f32 [{rows}, {classes}], value+grad under plain jax.jit",
+             "", "| kernel | layout | collectives | bytes per row |", "|---|---|---|---:|"]
+    for name, (fn, argnums) in programs.items():
+        for layout, (mesh, spec, batch_shards) in layouts.items():
+            logits = jax.ShapeDtypeStruct((rows, classes), jnp.float32, sharding=NamedSharding(mesh, spec))
+            labels = jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=NamedSharding(mesh, P("data")))
+            text = jax.jit(jax.value_and_grad(fn, argnums)).trace(logits, logits, labels).lower().compile().as_text()
+            ops = sorted({op for op, _ in _collectives(text)})
+            lines.append(f"| {name} | {layout} | {', '.join(ops) or 'none'} | "
+                         f"{collective_bytes(text) / (rows / batch_shards):.2f} |")
+    return "\n".join(lines)
+
+
 def _format_row(row) -> str:
     where = f"| {row['target']} | {row['kernel']} | {_BRANCH_NAMES[row.get('branch')]} "
     if not row["compiles"]:
@@ -396,10 +433,12 @@ def main(argv) -> None:
           f"{TARGETS['TPU v5e']['size']} ({args.dtype}); fused heads at tokens x hidden x vocab "
           f"{TARGETS['H100']['linear']} / {TARGETS['TPU v5e']['linear']}", flush=True)
     rows = run(args.kernels, args.dtype, branches)
+    sharded = sharded_on_tpu() if args.kernels is None else ""
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "accelerator-model.json").write_text(json.dumps(rows, indent=2))
-    (args.out / "accelerator-model.md").write_text(table(rows) + "\n")
+    (args.out / "accelerator-model.md").write_text(table(rows) + "\n\n" + sharded + "\n")
     print(table(rows))
+    print(sharded)
     print(f"written: {args.out / 'accelerator-model.json'}, {args.out / 'accelerator-model.md'}")
 
 
