@@ -30,8 +30,9 @@ _SHAPE = re.compile(r"([a-z]+[0-9]*)\[([0-9,]*)\]")
 
 
 def programs():
-    """``{name: (fn, [(shape, dtype, sharded_axis or None)], argnums)}``: each a
-    function of arrays, the inputs, and the inputs a gradient is taken for."""
+    """``{name: (fn, [(shape, dtype, sharded_axis or None)], argnums[, grad_only])}``:
+    each a function of arrays, the inputs, the inputs a gradient is taken for,
+    and whether only value+grad is compiled."""
     import jax.numpy as jnp
 
     import jaxdiv
@@ -44,6 +45,8 @@ def programs():
     hidden = ((ROWS, HIDDEN), f32, 0)
     weight = ((HIDDEN, CLASSES), f32, None)
     pair = [logits, logits]
+    small, square = ((ROWS, 8), f32, 0), ((ROWS, 8, 8), f32, 0)   # full-covariance Gaussians
+    labels_f = ((ROWS,), f32, 0)                                  # sampled tokens' log-probabilities
     # [batch, sequence, classes] with the sequence sharded (sequence parallelism)
     sequence = ((2, ROWS // 2, CLASSES), f32, 1)
     out = {
@@ -74,6 +77,29 @@ def programs():
         "losses.binary_cross_entropy": (
             lambda x, y: losses.binary_cross_entropy(x, y, reduction="none"), pair, (0,)),
         "losses.vae_kl": (lambda m, v: losses.vae_kl(m, v, reduction="none"), [gauss] * 2, (0, 1)),
+        # value+grad only below (its compile holds the forward too): the rest of the API
+        "probs.cross_entropy": (lambda p, q: probs.cross_entropy(jnp.exp(p), jnp.exp(q)), pair, (0, 1), True),
+        "probs.total_variation": (lambda p, q: probs.total_variation(jnp.exp(p), jnp.exp(q)), pair, (0, 1), True),
+        "probs.hellinger_distance": (
+            lambda p, q: probs.hellinger_distance(jnp.exp(p), jnp.exp(q)), pair, (0, 1), True),
+        "probs.renyi_divergence": (
+            lambda p, q: probs.renyi_divergence(jnp.exp(p), jnp.exp(q), 2.0), pair, (0, 1), True),
+        "probs.js_distance": (lambda p, q: probs.js_distance(jnp.exp(p), jnp.exp(q)), pair, (0, 1), True),
+        "gaussian.kl_divergence_scale": (
+            lambda m, s, n, t: gaussian.kl_divergence_scale(m, jnp.exp(s), n, jnp.exp(t)), [gauss] * 4,
+            (0, 1, 2, 3), True),
+        "gaussian.cross_entropy": (gaussian.cross_entropy, [gauss] * 4, (0, 1, 2, 3), True),
+        # (its gradient in log_var is a constant, which the partitioner would replicate)
+        "gaussian.entropy": (lambda v: gaussian.entropy(jnp.sin(v)), [gauss], (0,), True),
+        "gaussian.kl_divergence_tril": (
+            lambda m, a, n, b: gaussian.kl_divergence_tril(m, _tril(a), n, _tril(b)), [small, square] * 2,
+            (0, 1, 2, 3), True),
+        "gaussian.cross_entropy_tril": (
+            lambda m, a, n, b: gaussian.cross_entropy_tril(m, _tril(a), n, _tril(b)), [small, square] * 2,
+            (0, 1, 2, 3), True),
+        "gaussian.entropy_tril": (lambda a: gaussian.entropy_tril(_tril(a)), [square], (0,), True),
+        "losses.kl_penalty": (
+            lambda a, b: losses.kl_penalty(a, b, reduction="none"), [labels_f, labels_f], (0,), True),
         "fused.linear_cross_entropy": (
             lambda h, w, y: fused.linear_cross_entropy(h, w, y, reduction="none"), [hidden, weight, labels],
             (0, 1)),
@@ -85,6 +111,13 @@ def programs():
             [hidden, weight, logits], (0, 1)),
     }
     return out
+
+
+def _tril(a):
+    """A lower-triangular factor with a positive diagonal from any square block."""
+    import jax.numpy as jnp
+
+    return jnp.tril(a, -1) + jnp.eye(a.shape[-1]) * (1.0 + jnp.exp(jnp.diagonal(a, axis1=-2, axis2=-1))[..., None])
 
 
 def _collectives(text: str):
@@ -139,12 +172,18 @@ def measure(devices: int) -> dict:
 
     report = {}
     for suffix, (mesh, model) in meshes.items():
-        for name, (fn, inputs, argnums) in programs().items():
-            if model is not None and (name.startswith(("fused.", "gaussian.", "probs.", "losses.vae_kl", "js_distance"))
+        for name, (fn, inputs, argnums, *grad_only) in programs().items():
+            if model is not None and (name.startswith(("fused.", "gaussian.", "probs.", "losses.vae_kl", "losses.kl_penalty", "js_distance"))
                                       or "[" in name):
                 continue
+            if grad_only and devices == 8:
+                continue   # the rest of the API is checked on 1 and 4 devices, to keep the suite short
             grad = jax.value_and_grad(lambda *a, fn=fn: jnp.sum(fn(*a)), argnums=argnums)
-            for kind, program in (("forward", fn), ("value+grad", grad)):
+            # value+grad only on the vocabulary mesh and for the rest of the API: its
+            # compile holds the forward computation too
+            short = grad_only or model is not None
+            kinds = (("value+grad", grad),) if short else (("forward", fn), ("value+grad", grad))
+            for kind, program in kinds:
                 args = [spec(mesh, model, *i) for i in inputs]
                 compiled = jax.jit(program).trace(*args).lower().compile()
                 cost, text = compiled.cost_analysis(), compiled.as_text()
