@@ -120,29 +120,25 @@ def _tril(a):
     return jnp.tril(a, -1) + jnp.eye(a.shape[-1]) * (1.0 + jnp.exp(jnp.diagonal(a, axis1=-2, axis2=-1))[..., None])
 
 
+def _arrays(shapes: str):
+    """``[(dtype, elements)]`` of the array shapes written in an HLO snippet."""
+    out = []
+    for dtype, dims in _SHAPE.findall(shapes):
+        n = 1
+        for d in filter(None, dims.split(",")):
+            n *= int(d)
+        out.append((dtype, n))
+    return out
+
+
 def _collectives(text: str):
     """``[(op, elements)]`` of every collective in an optimised HLO module."""
-    found = []
-    for shapes, op in _OP.findall(text):
-        elements = 0
-        for _, dims in _SHAPE.findall(shapes):
-            n = 1
-            for d in filter(None, dims.split(",")):
-                n *= int(d)
-            elements += n
-        found.append((op, elements))
-    return found
+    return [(op, sum(n for _, n in _arrays(shapes))) for shapes, op in _OP.findall(text)]
 
 
 def _largest(text: str) -> int:
     """Elements of the largest array any instruction of the (per-device) program holds."""
-    largest = 0
-    for _, dims in _SHAPE.findall(text):
-        n = 1
-        for d in filter(None, dims.split(",")):
-            n *= int(d)
-        largest = max(largest, n)
-    return largest
+    return max((n for _, n in _arrays(text)), default=0)
 
 
 def measure(devices: int) -> dict:
@@ -232,12 +228,7 @@ def collective_bytes(text: str) -> int:
         for body, trips in _WHILE.findall(line):
             loops.setdefault(owner, []).append((body, int(trips)))
         for shapes, _ in _OP.findall(line):
-            size = 0
-            for dtype, dims in _SHAPE.findall(shapes):
-                n = 1
-                for d in filter(None, dims.split(",")):
-                    n *= int(d)
-                size += n * (int(re.sub(r"\D", "", dtype) or 8) // 8)
+            size = sum(n * (int(re.sub(r"\D", "", dtype) or 8) // 8) for dtype, n in _arrays(shapes))
             collectives[owner] = collectives.get(owner, 0) + size
 
     def total(name, seen=()):
