@@ -252,20 +252,22 @@ def _add_chunk_grads(
     return _HeadGrads(grads.hidden + d_hidden, weight_grad, bias_grad)
 
 
-def _over_chunks(step, carry, vocab_size: int, chunk: int):
+def _over_chunks(step, carry, vocab_size: int, chunk: int, inputs=()):
     """``carry = step(carry, start, size)`` over ``[0, V)`` in chunks of ``chunk`` columns.
 
-    The full chunks but the first run in one ``lax.scan``; a shorter last chunk runs once
+    The full chunks run in one ``lax.scan``; a shorter last chunk runs once
     after it with its own static size, so nothing is padded and no padded
-    column can reach a normaliser.
+    column can reach a normaliser. Inside ``shard_map``, when any of
+    ``inputs`` varies over a mesh axis, the first chunk runs before the loop,
+    so that the carry varies over the same axes as the loop's (elsewhere it
+    stays in the loop: out of it, its block would not share the loop's buffers).
     """
     full, rest = divmod(vocab_size, chunk)
-    if full >= 1:
-        # The first chunk runs before the loop: inside shard_map its carry then
-        # varies over the mesh axes the inputs vary over, as the loop's does.
-        carry = step(carry, 0, chunk)
-    if full > 1:
-        starts = jnp.arange(1, full, dtype=jnp.int32) * chunk
+    first = 0
+    if full == 1 or (full > 1 and any(_varying_axes(x) for x in jax.tree.leaves(inputs))):
+        carry, first = step(carry, 0, chunk), 1
+    if full > first:
+        starts = jnp.arange(first, full, dtype=jnp.int32) * chunk
         carry, _ = jax.lax.scan(lambda c, start: (step(c, start, chunk), None), carry, starts)
     if rest:
         carry = step(carry, full * chunk, rest)
@@ -450,7 +452,7 @@ def _label_pass(cfg: _Config, hidden, weight, bias, labels) -> _LabelCarry:
         return _LabelCarry(norm, picked, centred, count)
 
     start = _LabelCarry(_empty_normaliser(rows, dtype), zeros, zeros, zeros)
-    return _over_chunks(step, start, weight.shape[cfg.vocab_axis], cfg.chunk)
+    return _over_chunks(step, start, weight.shape[cfg.vocab_axis], cfg.chunk, (hidden, weight, labels))
 
 
 def _label_stats_of(
@@ -521,7 +523,7 @@ def _linear_label_stats_bwd(cfg, residuals, cotangent):
             g = jnp.where(valid[:, None], g, 0.0)
         return _add_chunk_grads(cfg, grads, g, hidden, weight, start, size)
 
-    grads = _over_chunks(step, _zero_grads(hidden, weight, bias), vocab, cfg.chunk)
+    grads = _over_chunks(step, _zero_grads(hidden, weight, bias), vocab, cfg.chunk, (hidden, weight, labels))
     return (_summed_like(grads.hidden.astype(hidden.dtype), hidden), _summed_like(grads.weight, weight),
             _summed_like(grads.bias, bias), None, None)
 
@@ -748,7 +750,7 @@ def _divergence_pass(cfg: _Config, hidden, weight, bias, teacher, valid):
         return (_merge(carry[0], _chunk_normaliser(student)), _merge(carry[1], _chunk_normaliser(teacher_x)))
 
     empty = _empty_normaliser(rows, dtype)
-    norm_s, norm_t = _over_chunks(normalise, (empty, empty), vocab, cfg.chunk)
+    norm_s, norm_t = _over_chunks(normalise, (empty, empty), vocab, cfg.chunk, (hidden, weight, teacher))
     (shift_p, log_sum_p), (shift_q, log_sum_q) = (
         (_finalise(norm_s), _finalise(norm_t)) if _student_is_p(cfg) else (_finalise(norm_t), _finalise(norm_s))
     )
@@ -766,13 +768,13 @@ def _divergence_pass(cfg: _Config, hidden, weight, bias, teacher, valid):
         def mass(sums, start, size):
             return jax.tree.map(jnp.add, sums, _mass_sums(pairs(start, size, 0.0)))
 
-        u, q_off = _over_chunks(mass, (zeros, zeros), vocab, cfg.chunk)
+        u, q_off = _over_chunks(mass, (zeros, zeros), vocab, cfg.chunk, (hidden, weight, teacher))
         correction = jnp.where(jnp.isfinite(u + q_off), jnp.log1p(jnp.maximum(u + q_off, -0.5)), 0.0)
 
     def accumulate(sums, start, size):
         return jax.tree.map(jnp.add, sums, _term_sums(cfg, pairs(start, size, correction)))
 
-    sums = _over_chunks(accumulate, _TermSums(*(zeros,) * 5), vocab, cfg.chunk)
+    sums = _over_chunks(accumulate, _TermSums(*(zeros,) * 5), vocab, cfg.chunk, (hidden, weight, teacher))
 
     terms, params = _terms_of(cfg)
     if cfg.kind == "jsd":
@@ -821,7 +823,8 @@ def _linear_divergence_bwd(cfg, residuals, cotangent):
         g = jnp.where(live[:, None], coef, 0.0) * scale[:, None]
         return _add_chunk_grads(cfg, grads, g, hidden, weight, start, size)
 
-    grads = _over_chunks(step, _zero_grads(hidden, weight, bias), weight.shape[cfg.vocab_axis], cfg.chunk)
+    grads = _over_chunks(step, _zero_grads(hidden, weight, bias), weight.shape[cfg.vocab_axis], cfg.chunk,
+                         (hidden, weight, teacher))
     no_teacher_grad = jax.tree.map(lambda _: None, teacher)
     return (_summed_like(grads.hidden.astype(hidden.dtype), hidden), _summed_like(grads.weight, weight),
             _summed_like(grads.bias, bias), no_teacher_grad, None)
