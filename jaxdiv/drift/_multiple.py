@@ -1,0 +1,67 @@
+r"""Multiple testing over features and windows, and one combined p-value for a dataset.
+
+``adjust`` returns adjusted p-values (compare them with :math:`\alpha`), as
+``statsmodels.stats.multitest.multipletests`` does, over all entries of the
+array (every feature in every window is one test):
+
+- ``"bonferroni"``: :math:`\min(1, m p)`; family-wise error :math:`\le \alpha`.
+- ``"holm"``: step-down Bonferroni; family-wise error :math:`\le \alpha`, more power.
+- ``"bh"``: Benjamini-Hochberg step-up; false discovery rate :math:`\le \alpha`
+  for independent or positively dependent tests.
+- ``"by"``: Benjamini-Yekutieli; false discovery rate :math:`\le \alpha` under
+  any dependence (BH times :math:`\sum_{i \le m} 1/i`).
+- ``"none"``: unchanged.
+
+``combine`` gives one p-value for "some feature drifted" from independent
+(``"fisher"``: :math:`-2 \sum \log p \sim \chi^2_{2m}`) or arbitrarily
+dependent (``"cauchy"``, Liu & Xie 2020: the mean of
+:math:`\tan((1/2 - p)\pi)` is standard Cauchy) p-values.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxdiv.drift._pvalues import chi2_sf
+
+CORRECTIONS = ("holm", "bonferroni", "bh", "by", "none")
+COMBINATIONS = ("cauchy", "fisher")
+
+
+def adjust(p, method: str = "holm"):
+    """Adjusted p-values, same shape as ``p``; see the module docstring."""
+    if method not in CORRECTIONS:
+        raise ValueError(f"correction must be one of {CORRECTIONS}, got {method!r}.")
+    p = jnp.asarray(p)
+    if method == "none" or p.size == 0:
+        return p
+    flat = p.reshape(-1)
+    m = flat.size
+    if method == "bonferroni":
+        return jnp.minimum(1.0, m * p)
+    order = jnp.argsort(flat)
+    sorted_p = flat[order]
+    rank = jnp.arange(1, m + 1, dtype=p.dtype)
+    if method == "holm":
+        # Step down: the i-th smallest is rejected only if all smaller ones are.
+        adjusted = jnp.minimum(1.0, jax.lax.cummax((m - rank + 1) * sorted_p))
+    else:
+        factor = jnp.sum(1.0 / rank) if method == "by" else 1.0
+        # Step up: the i-th smallest is rejected if any larger one is.
+        adjusted = jnp.minimum(1.0, jax.lax.cummin(sorted_p * m * factor / rank, reverse=True))
+    return jnp.empty_like(flat).at[order].set(adjusted).reshape(p.shape)
+
+
+def combine(p, method: str = "cauchy", axis=None):
+    """One p-value from many (over ``axis``, default all); see the module docstring."""
+    if method not in COMBINATIONS:
+        raise ValueError(f"combination must be one of {COMBINATIONS}, got {method!r}.")
+    p = jnp.clip(jnp.asarray(p), jnp.finfo(jnp.result_type(p, jnp.float32)).tiny, 1.0)
+    m = p.size if axis is None else p.shape[axis]
+    if method == "fisher":
+        return chi2_sf(-2.0 * jnp.log(p).sum(axis), jnp.asarray(2 * m))
+    # tan((1/2 - p) pi) = 1 / tan(p pi): accurate for tiny p, where the first overflows.
+    t = jnp.mean(jnp.where(p < 1e-8, 1.0 / (p * jnp.pi), jnp.tan((0.5 - p) * jnp.pi)), axis)
+    # P(C > t) for a standard Cauchy C; for large t, 1 / (pi t) keeps relative accuracy.
+    return jnp.where(t > 1e8, 1.0 / (jnp.pi * t), 0.5 - jnp.arctan(t) / jnp.pi)

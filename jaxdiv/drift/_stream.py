@@ -1,0 +1,313 @@
+r"""Streaming drift detection: counts as state, a divergence per window, CUSUM and Page-Hinkley.
+
+The state is a pytree of counts (the reference, the open window, a ring of
+the last closed windows) and detector sums. :meth:`Monitor.update` adds a
+batch's counts, O(features x bins) of state whatever the rows; the count parts
+of two states merge by addition (row shards, processes, days).
+:meth:`Monitor.close_window` scores the open window against the reference
+with a divergence and feeds the detectors, per feature:
+
+- CUSUM: :math:`S_t = \max(0, S_{t-1} + x_t - \mu_0 - k)`, alarm when
+  :math:`S_t > h` (then restart at 0);
+- Page-Hinkley (as River's): :math:`m_t = \sum_{i \le t} (x_i - \bar x_i - \delta)`,
+  alarm when :math:`m_t - \min_{i \le t} m_i > \lambda` (then restart).
+
+:meth:`Monitor.calibrate` fixes :math:`\mu_0`, :math:`k = \sigma_0 / 2`,
+:math:`\delta` and the thresholds :math:`h`, :math:`\lambda` by simulation under
+no drift: windows of the given size drawn from the reference's own histogram
+(multinomial), their divergences, then many detector runs over those values,
+vmapped; the thresholds are those whose average run length between false
+alarms is the requested ``arl`` windows.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdiv.drift import _binning, _statistics
+
+Array = jax.Array
+
+
+class State(NamedTuple):
+    """A monitor's state; every field is an array, so it jits, saves and merges."""
+
+    reference: Array   # [F, B] reference counts
+    history: Array     # [K, F, B] the last K closed windows (a ring)
+    current: Array     # [F, B] counts of the open window
+    closed: Array      # () windows closed so far
+    cusum: Array       # [F] CUSUM sums
+    ph_sum: Array      # [F] Page-Hinkley cumulative deviation
+    ph_min: Array      # [F] its running minimum
+    ph_mean: Array     # [F] running mean of the divergence since the last restart
+    ph_count: Array    # [F] windows since the last restart
+
+
+class Window(NamedTuple):
+    """What :meth:`Monitor.close_window` reports for each feature."""
+
+    divergence: Array      # [F]
+    n: Array               # [F] rows in the window (non-missing or missing alike)
+    cusum: Array           # [F] CUSUM sum after this window
+    cusum_alarm: Array     # [F] bool
+    page_hinkley: Array    # [F] m_t - min m
+    ph_alarm: Array        # [F] bool
+
+
+class Detector(NamedTuple):
+    """Detector settings, per feature ``[F]``."""
+
+    mu0: Array
+    k: Array
+    h: Array
+    delta: Array
+    lam: Array
+
+
+def batch_counts(x, edges, *, block: int = 1024):
+    """``[features, B]`` counts of an encoded batch ``x [rows, features]``; jittable, any rows."""
+    rows = x.shape[0]
+    pad = (-rows) % block
+    # Padding rows are NaN: counted as missing, then taken off again.
+    x = jnp.concatenate([x, jnp.full((pad, x.shape[1]), jnp.nan, x.dtype)]) if pad else x
+
+    def one(b):
+        below = jnp.where(b[:, :, None] < edges, 1.0, 0.0).sum(0)
+        return below, jnp.where(jnp.isnan(b), 1.0, 0.0).sum(0)
+
+    below, missing = jax.lax.map(one, x.reshape(-1, block, x.shape[1]))
+    below, missing = below.sum(0), missing.sum(0) - pad
+    present = rows - missing
+    steps = jnp.concatenate([jnp.zeros_like(present)[:, None], below, present[:, None]], 1)
+    return jnp.concatenate([jnp.diff(steps, axis=1), missing[:, None]], 1)
+
+
+class Monitor:
+    """A streaming drift monitor over the features of :class:`~jaxdiv.drift.Bins`.
+
+    Args:
+      bins: bins fitted on the reference.
+      reference: the reference table (or its ``[F, B]`` counts).
+      statistic: the divergence scored per window (any of :data:`STATISTICS`).
+      history: how many closed windows the state keeps.
+      reference_mode: ``"fixed"`` (the reference) or ``"rolling"`` (the sum of the
+        kept closed windows, once there are any).
+      eps: pseudo-count of the divergences.
+
+    Example:
+      >>> import numpy as np
+      >>> from jaxdiv import drift
+      >>> rng = np.random.default_rng(0)
+      >>> reference = {"latency": rng.lognormal(3, 0.5, 20000)}
+      >>> bins = drift.fit_bins(reference)
+      >>> monitor = drift.Monitor(bins, reference).calibrate(window=500, arl=200)
+      >>> state = monitor.init()
+      >>> for hour in range(6):
+      ...     shift = 0.6 if hour >= 4 else 0.0      # an incident from hour 4
+      ...     batch = {"latency": rng.lognormal(3 + shift, 0.5, 500)}
+      ...     state = monitor.update(state, bins.encode(batch))
+      ...     state, window = monitor.close_window(state)
+      ...     print(hour, bool(window.cusum_alarm[0]))
+      0 False
+      1 False
+      2 False
+      3 False
+      4 True
+      5 True
+    """
+
+    def __init__(self, bins: _binning.Bins, reference, *, statistic: str = "js",
+                 history: int = 16, reference_mode: str = "fixed", eps: float = 0.5,
+                 detector: Optional[Detector] = None):
+        _statistics.check_names(statistic)
+        if reference_mode not in ("fixed", "rolling"):
+            raise ValueError(f"reference_mode must be 'fixed' or 'rolling', got {reference_mode!r}.")
+        if not (isinstance(history, int) and history >= 1):
+            raise ValueError(f"history must be a positive integer, got {history!r}.")
+        self.bins = bins
+        if isinstance(reference, (np.ndarray, jax.Array)) and np.ndim(reference) == 2 \
+                and np.shape(reference) == (len(bins.columns), bins.num_bins):
+            counts = jnp.asarray(reference, jnp.float32)
+        else:
+            counts = jnp.asarray(_binning.count(bins, reference)[:, 0], jnp.float32)
+        self.reference_counts = counts
+        self.statistic, self.history, self.reference_mode, self.eps = statistic, history, reference_mode, eps
+        features = len(bins.columns)
+        self.detector = detector if detector is not None else Detector(
+            *(jnp.full((features,), v, jnp.float32) for v in (0.0, 0.0, jnp.inf, 0.0, jnp.inf)))
+        self._edges = jnp.asarray(bins.edges)
+        self._own = jnp.asarray(bins.own)
+        self._optional = jnp.asarray(bins.optional)
+        self._ordered = jnp.asarray(bins.ordered)
+        self._centres = jnp.asarray(bins.centres)
+
+    def init(self) -> State:
+        """A state with the reference counts and nothing seen yet."""
+        f, b = self.reference_counts.shape
+        zeros = jnp.zeros((f,), jnp.float32)
+        return State(self.reference_counts, jnp.zeros((self.history, f, b), jnp.float32),
+                     jnp.zeros((f, b), jnp.float32), jnp.zeros((), jnp.int32),
+                     zeros, zeros, zeros, zeros, zeros)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def update(self, state: State, x) -> State:
+        """Add the counts of a batch ``x`` (``[rows, features]``, from :meth:`Bins.encode`)."""
+        if x.ndim != 2 or x.shape[1] != len(self.bins.columns):
+            raise ValueError(f"expected an encoded batch [rows, {len(self.bins.columns)}], got {x.shape}.")
+        return state._replace(current=state.current + batch_counts(x, self._edges))
+
+    def score(self, reference, current):
+        """The divergence of ``current`` from ``reference`` counts, ``[..., F]``."""
+        bins_in = _statistics.bins_taking_part(self._own, self._optional, reference, current)
+        return _statistics.statistic(
+            self.statistic, reference, current, bins_in, own=self._own & ~self._optional,
+            ordered=self._ordered, centres=self._centres, eps=self.eps)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def close_window(self, state: State):
+        """Score the open window, update the detectors, start a new window: ``(state, Window)``."""
+        if self.reference_mode == "rolling":
+            kept = state.history.sum(0)
+            reference = jnp.where(state.closed > 0, kept, state.reference)
+        else:
+            reference = state.reference
+        x = self.score(reference, state.current)
+        seen = state.current.sum(-1) > 0
+        cusum, ph = _detect(self.detector, (state.cusum, state.ph_sum, state.ph_min, state.ph_mean,
+                                            state.ph_count), x, seen)
+        slot = state.closed % self.history
+        state = state._replace(
+            history=state.history.at[slot].set(state.current),
+            current=jnp.zeros_like(state.current),
+            closed=state.closed + 1,
+            cusum=cusum.value, ph_sum=ph.sums[0], ph_min=ph.sums[1], ph_mean=ph.sums[2],
+            ph_count=ph.sums[3])
+        return state, Window(x, state.history[slot].sum(-1), cusum.value, cusum.alarm,
+                             ph.value, ph.alarm)
+
+    def calibrate(self, window: int, *, arl: float = 1000.0, simulations: int = 4000,
+                  runs: int = 16, seed: int = 0) -> "Monitor":
+        """A copy whose detectors have average run length ``arl`` windows under no drift.
+
+        Args:
+          window: rows per window in the stream to watch.
+          arl: the wanted average number of windows between false alarms.
+          simulations: null windows drawn per feature to learn the divergence's law.
+          runs: detector runs simulated per feature and threshold.
+        """
+        detector = calibrate_detectors(
+            self.score, self.reference_counts, window, arl=arl, simulations=simulations,
+            runs=runs, key=jax.random.key(seed))
+        return Monitor(self.bins, self.reference_counts, statistic=self.statistic,
+                       history=self.history, reference_mode=self.reference_mode, eps=self.eps,
+                       detector=detector)
+
+
+class _Step(NamedTuple):
+    value: Array
+    alarm: Array
+    sums: tuple = ()
+
+
+def _detect(d: Detector, carry, x, seen):
+    """One CUSUM and one Page-Hinkley step per feature; windows with no rows change nothing."""
+    cusum, ph_sum, ph_min, ph_mean, ph_count = carry
+    s = jnp.maximum(0.0, cusum + x - d.mu0 - d.k)
+    c_alarm = seen & (s > d.h)
+    s = jnp.where(seen, jnp.where(c_alarm, 0.0, s), cusum)
+    count = ph_count + 1
+    mean = ph_mean + (x - ph_mean) / count
+    total = ph_sum + x - mean - d.delta
+    low = jnp.minimum(ph_min, total)
+    gap = total - low
+    p_alarm = seen & (gap > d.lam)
+    keep = seen & ~p_alarm
+    restart = lambda v, old: jnp.where(keep, v, jnp.where(p_alarm, 0.0, old))
+    ph = (restart(total, ph_sum), restart(low, ph_min), restart(mean, ph_mean), restart(count, ph_count))
+    return _Step(s, c_alarm), _Step(gap, p_alarm, ph)
+
+
+def null_divergences(score, reference_counts, window: int, simulations: int, key):
+    """``[simulations, F]`` divergences of windows drawn from the reference's histogram."""
+    ref = jnp.asarray(reference_counts, jnp.float32)
+    share = ref / jnp.maximum(ref.sum(-1, keepdims=True), 1.0)
+    draws = jax.random.multinomial(key, float(window), share, shape=(simulations,) + ref.shape)
+    return score(ref, draws)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 3, 4, 5))
+def _calibrate(score, reference_counts, window, simulations, runs, arl, key):
+    k_null, k_runs = jax.random.split(key)
+    null = null_divergences(score, reference_counts, window, simulations, k_null)    # [S, F]
+    mu0, sigma0 = null.mean(0), null.std(0)
+    steps = int(4 * arl)
+    # Thresholds on a geometric grid in units of sigma0; the run length is read off
+    # by renewal (steps / alarms, restarting after each alarm), then interpolated.
+    grid = jnp.geomspace(0.05, 200.0, 32)
+    f = null.shape[1]
+    draw = jax.random.randint(k_runs, (steps, runs, f), 0, null.shape[0])
+    xs = jnp.take_along_axis(null, draw.reshape(steps * runs, f), 0).reshape(steps, runs, f)
+    h = grid[:, None, None] * jnp.maximum(sigma0, 1e-12)                  # [G, 1, F]
+    d = Detector(mu0, 0.5 * sigma0, h, 0.5 * sigma0, h)
+    zeros = jnp.zeros((grid.size, runs, f))
+
+    def step(carry, x):
+        c, ph, alarms = carry
+        cu, p = _detect(d, (c,) + ph, x, jnp.ones_like(c, bool))
+        return (cu.value, p.sums, alarms + jnp.stack([cu.alarm, p.alarm])), None
+
+    init = (zeros, (zeros, zeros, zeros, zeros), jnp.zeros((2,) + zeros.shape))
+    (_, _, alarms), _ = jax.lax.scan(step, init, xs)
+    run_length = steps * runs / jnp.maximum(alarms.sum(2), 0.5)           # [2, G, F]
+    # The smallest threshold whose run length reaches arl (log-linear between grid points).
+    log_rl = jnp.log(run_length)
+    target = jnp.log(arl)
+
+    def threshold(lr):
+        above = lr >= target
+        i = jnp.clip(jnp.argmax(above, 0), 1, grid.size - 1)
+        lo, hi = lr[i - 1, jnp.arange(f)], lr[i, jnp.arange(f)]
+        t = jnp.clip((target - lo) / jnp.where(hi > lo, hi - lo, 1.0), 0.0, 1.0)
+        g = jnp.exp(jnp.log(grid[i - 1]) + t * (jnp.log(grid[i]) - jnp.log(grid[i - 1])))
+        return jnp.where(above.any(0), g, grid[-1]) * sigma0
+
+    return Detector(mu0, 0.5 * sigma0, threshold(log_rl[0]), 0.5 * sigma0, threshold(log_rl[1]))
+
+
+def calibrate_detectors(score, reference_counts, window, *, arl, simulations, runs, key) -> Detector:
+    """Detector settings with average run length ``arl`` under no drift; see :class:`Monitor`."""
+    if not (isinstance(window, (int, np.integer)) and window >= 1):
+        raise ValueError(f"window must be a positive number of rows, got {window!r}.")
+    if not arl >= 2:
+        raise ValueError(f"arl must be at least 2 windows, got {arl!r}.")
+    return _calibrate(score, reference_counts, int(window), int(simulations), int(runs),
+                      float(arl), key)
+
+
+def merge(a: State, b: State) -> State:
+    """Add the counts of two states of one monitor (row shards of a stream, processes, days).
+
+    The open-window and closed-window counts add. The reference is shared and
+    taken from ``a``, and so are the detector sums, which are not additive:
+    merge the shards' states, then close the window once.
+    """
+    return a._replace(history=a.history + b.history, current=a.current + b.current)
+
+
+def save(path, state: State) -> None:
+    """Save a state with NumPy (``.npz``)."""
+    np.savez(path, **{name: np.asarray(v) for name, v in state._asdict().items()})
+
+
+def load(path) -> State:
+    """A state saved by :func:`save`."""
+    with np.load(path) as f:
+        missing = [n for n in State._fields if n not in f]
+        if missing:
+            raise ValueError(f"{path} is not a saved drift state: it lacks {missing}.")
+        return State(*(jnp.asarray(f[n]) for n in State._fields))
