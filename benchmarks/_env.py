@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".venv"
-EXTRAS = "test,bench,examples"
+EXTRAS = "test,bench,examples,drift"
 
 
 def _venv_python() -> Path:

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiv.drift._table import Table, as_table
+from jaxdiv.drift._table import as_table
 
 BINNINGS = ("quantile", "width")
 
@@ -81,20 +81,21 @@ class Bins:
 
     def encode(self, data) -> np.ndarray:
         """``[rows, features]`` float32 values to count: numbers, or level codes."""
+        continuous = all(k in ("quantile", "width", "missing") for k in self.kinds)
+        if continuous and isinstance(data, np.ndarray) and data.dtype == np.float32 \
+                and data.ndim == 2 and data.shape[1] == len(self.columns):
+            return data          # already what the kernel reads: no copy of a large array
         table = as_table(data)
         missing = [c for c in self.columns if c not in table.columns]
         if missing:
             raise ValueError(
                 f"columns {missing} were binned on the reference but are not in the "
                 f"data (its columns: {list(table.columns)[:20]}).")
-        out = np.empty((table.num_rows, len(self.columns)), np.float32)
-        for j, (name, kind, levels) in enumerate(zip(self.columns, self.kinds, self.levels)):
-            values = table[name]
-            if kind in ("values", "levels"):
-                out[:, j] = _codes(values, levels, name)
-            else:
-                out[:, j] = _numbers(values, name)
-        return out
+        if continuous:
+            return _matrix(table, self.columns)
+        return np.stack([
+            _codes(table[name], levels, name) if kind in ("values", "levels") else _numbers(table[name], name)
+            for name, kind, levels in zip(self.columns, self.kinds, self.levels)], axis=1)
 
 
 def fit_bins(
@@ -140,7 +141,22 @@ def fit_bins(
     unknown = sorted(set(categorical) - set(columns))
     if unknown:
         raise ValueError(f"categorical names columns {unknown} that are not being binned.")
-    fitted = [_fit_one(name, table[name], bins, binning, name in categorical) for name in columns]
+    numeric = [c for c in columns if c not in categorical and _is_numeric(table[c])]
+    matrix = _matrix(table, numeric)
+    fitted = {}
+    # One slab of features at a time, transposed into one reused buffer (fresh host
+    # memory is slow to fault in) and sorted in place.
+    buffer = np.empty((min(128, len(numeric)), table.num_rows), np.float32)
+    for j in range(0, len(numeric), 128):
+        slab = _transposed(matrix[:, j:j + 128], buffer[: len(numeric[j:j + 128])])
+        fitted.update(zip(numeric[j:j + 128], _fit_numeric(slab, bins, binning)))
+    for name in columns:
+        if name not in fitted:
+            levels = _levels(table[name])
+            # Codes 0..k-1 for the levels, k for unseen: edges halfway between codes.
+            fitted[name] = ("levels", np.arange(len(levels), dtype=np.float32) + 0.5, levels,
+                            np.arange(len(levels) + 1.0))
+    fitted = [fitted[name] for name in columns]
     width = max(len(edges) for _, edges, _, _ in fitted) + 2
     edges = np.full((len(columns), width - 2), np.inf, np.float32)
     centres = np.zeros((len(columns), width), np.float32)
@@ -158,33 +174,75 @@ def fit_bins(
     )
 
 
-def _fit_one(name, values, bins, binning, categorical):
-    """``(kind, edges, levels, centres)`` of one feature."""
-    if categorical or not _is_numeric(values):
-        levels = _levels(values)
-        # Codes 0..k-1 for the levels, k for unseen: edges halfway between codes.
-        return "levels", np.arange(len(levels), dtype=np.float32) + 0.5, levels, np.arange(len(levels) + 1.0)
-    x = _numbers(values, name)
-    x = x[~np.isnan(x)]
-    if x.size == 0:
-        return "missing", np.zeros(0, np.float32), None, np.zeros(1, np.float32)
-    distinct = np.unique(x)
-    if distinct.size <= bins:
-        return "values", np.arange(distinct.size, dtype=np.float32) + 0.5, distinct, np.append(distinct, distinct[-1])
-    if binning == "quantile":
-        # Edges are data values ("inverted_cdf"), so a value equal to an edge
-        # lands in the same bin in float32 and float64.
-        edges = np.unique(np.quantile(x, np.arange(1, bins) / bins, method="inverted_cdf"))
-        edges = edges[edges > distinct[0]]
-    else:
-        edges = np.unique(np.linspace(distinct[0], distinct[-1], bins + 1)[1:-1].astype(np.float32))
-    index = np.searchsorted(edges, x, side="right")
-    sums = np.bincount(index, weights=x, minlength=edges.size + 1)
-    counts = np.bincount(index, minlength=edges.size + 1)
-    bounds = np.concatenate([[distinct[0]], edges, [distinct[-1]]])
-    middle = (bounds[:-1] + bounds[1:]) / 2
-    centres = np.where(counts > 0, sums / np.maximum(counts, 1), middle)
-    return binning, edges.astype(np.float32), None, centres.astype(np.float32)
+def _matrix(table, names) -> np.ndarray:
+    """``[rows, len(names)]`` float32 of numeric columns (the table's own array when it has one)."""
+    whole = getattr(table, "matrix", None)
+    if whole is not None and list(names) == table.columns:
+        return whole.astype(np.float32, copy=False)
+    if not names:
+        return np.zeros((table.num_rows, 0), np.float32)
+    return np.stack([_numbers(table[n], n) for n in names], axis=1)
+
+
+def _transposed(x: np.ndarray, out: np.ndarray, rows: int = 2048) -> np.ndarray:
+    """``x.T`` written into ``out`` a band of rows at a time: each band stays in cache (8x faster)."""
+    for r in range(0, x.shape[0], rows):
+        out[:, r:r + rows] = x[r:r + rows].T
+    return out
+
+
+def _fit_numeric(x: np.ndarray, bins: int, binning: str) -> list:
+    """``(kind, edges, levels, centres)`` per row of ``x [features, rows]`` (sorted in place).
+
+    One vectorised sort gives every quantile, the distinct values and the
+    number of non-missing values (NaN sorts last); it is many times faster
+    than a selection per quantile.
+    """
+    x.sort(axis=1)
+    present = np.count_nonzero(~np.isnan(x), axis=1)
+    out = []
+    for row, n in zip(x, present):
+        row = row[:n]
+        if n == 0:
+            out.append(("missing", np.zeros(0, np.float32), None, np.zeros(1, np.float32)))
+            continue
+        # Order statistics with more than `bins` distinct values settle it without a full scan.
+        spread = row[np.linspace(0, n - 1, 4 * bins + 1).astype(np.int64)]
+        changes = None if np.count_nonzero(spread[1:] != spread[:-1]) >= bins else \
+            np.flatnonzero(row[1:] != row[:-1])
+        if changes is not None and changes.size + 1 <= bins:
+            distinct = row[np.concatenate([[0], changes + 1])]
+            out.append(("values", np.arange(distinct.size, dtype=np.float32) + 0.5, distinct,
+                        np.append(distinct, distinct[-1])))
+            continue
+        lo, hi = row[0], row[-1]
+        # The j / (2 bins) quantiles ("inverted_cdf": data values, so a value equal
+        # to an edge lands in the same bin in float32 and float64): even j are edges,
+        # odd j the middle of each bin's mass.
+        q = row[np.maximum(np.ceil(np.arange(1, 2 * bins) / (2 * bins) * n).astype(np.int64) - 1, 0)]
+        if binning == "quantile":
+            edges = np.unique(q[1::2])
+            edges = edges[edges > lo]
+        else:
+            edges = np.unique(np.linspace(lo, hi, bins + 1)[1:-1].astype(np.float32))
+        out.append((binning, edges.astype(np.float32), None, _centres(edges, q[0::2], lo, hi)))
+    return out
+
+
+def _centres(edges, middles, lo, hi) -> np.ndarray:
+    """A value per bin for the Wasserstein distance: the reference's median inside it.
+
+    ``middles`` are the quantiles at the middle of each nominal bin; a bin
+    holding none of them (merged ties, fixed-width bins) uses its midpoint.
+    """
+    bounds = np.concatenate([[lo], edges, [hi]]).astype(np.float64)
+    owner = np.searchsorted(edges, middles, side="right")
+    centres = (bounds[:-1] + bounds[1:]) / 2
+    for k in range(edges.size + 1):
+        inside = middles[owner == k]
+        if inside.size:
+            centres[k] = inside[inside.size // 2]
+    return centres.astype(np.float32)
 
 
 def _is_numeric(values) -> bool:
@@ -239,6 +297,11 @@ def _codes(values, levels, name) -> np.ndarray:
     return codes
 
 
+def _top_is_finite(x):
+    """+inf into the top bin: no padding edge (+inf) may count it as below."""
+    return jnp.minimum(x, jnp.finfo(x.dtype).max)
+
+
 @functools.partial(jax.jit, static_argnames=("block",))
 def _block_totals(x, edges, starts, lengths, *, block):
     """Per block of rows: rows below each edge, missing rows and all rows.
@@ -253,12 +316,14 @@ def _block_totals(x, edges, starts, lengths, *, block):
         start, length = start_length
         # dynamic_slice clamps a slice running past the end; the mask follows it.
         first = jnp.minimum(start, rows - block)
-        rows_x = jax.lax.dynamic_slice_in_dim(x, first, block)
+        rows_x = _top_is_finite(jax.lax.dynamic_slice_in_dim(x, first, block))
         index = first + jnp.arange(block)
         inside = ((index >= start) & (index < start + length))[:, None]
+        # Rows outside the block become NaN: below no edge, and taken off the missing count.
+        rows_x = jnp.where(inside, rows_x, jnp.nan)
         # Float sums of 0/1 are exact below 2^24 rows and vectorise best on XLA:CPU.
-        below = jnp.where((rows_x[:, :, None] < edges) & inside[:, :, None], 1.0, 0.0).sum(0)
-        missing = jnp.where(jnp.isnan(rows_x) & inside, 1.0, 0.0).sum(0)
+        below = jnp.where(rows_x[:, :, None] < edges, 1.0, 0.0).sum(0)
+        missing = jnp.where(jnp.isnan(rows_x), 1.0, 0.0).sum(0) - (block - length).astype(jnp.float32)
         total = jnp.broadcast_to(length.astype(jnp.int32), missing.shape)
         return jnp.concatenate(
             [below.astype(jnp.int32), missing.astype(jnp.int32)[:, None], total[:, None]], axis=1)
@@ -280,7 +345,7 @@ def _window_counts(totals, first_block, end_block):
     return jnp.moveaxis(counts, 0, 1)
 
 
-def count(bins: Bins, data, ranges: Optional[np.ndarray] = None) -> jax.Array:
+def count(bins: Bins, data, ranges: Optional[np.ndarray] = None, *, progress=None) -> jax.Array:
     """Counts of every feature in every window: ``[features, windows, B]`` int32.
 
     Args:
@@ -289,26 +354,67 @@ def count(bins: Bins, data, ranges: Optional[np.ndarray] = None) -> jax.Array:
         :meth:`Bins.encode`).
       ranges: ``[windows, 2]`` row ranges ``[start, end)`` (they may overlap);
         default one window of all rows.
+      progress: called as ``progress(done, total)`` after each slab of rows.
     """
     x = data if isinstance(data, (np.ndarray, jax.Array)) and np.ndim(data) == 2 and \
-        np.asarray(data).dtype == np.float32 and not isinstance(data, Table) else bins.encode(data)
-    rows = x.shape[0]
+        data.dtype == np.float32 else bins.encode(data)
+    x = np.asarray(x)
+    rows, features = x.shape
     ranges = np.array([[0, rows]]) if ranges is None else np.asarray(ranges, np.int64).reshape(-1, 2)
     if ranges.size and (ranges.min() < 0 or ranges.max() > rows or np.any(ranges[:, 1] < ranges[:, 0])):
         raise ValueError(f"window row ranges must lie in [0, {rows}] with start <= end.")
-    if rows == 0 or ranges.shape[0] == 0:
+    if rows == 0 or ranges.shape[0] == 0 or ranges.max() == ranges.min():
         return jnp.zeros((len(bins.columns), ranges.shape[0], bins.num_bins), jnp.int32)
     bounds = np.unique(ranges)
     block = _block_size(np.diff(bounds), rows)
-    # Cut the rows at every window boundary, then into blocks of at most `block` rows.
-    pieces = [np.arange(a, b, block) for a, b in zip(bounds[:-1], bounds[1:])]
-    starts = np.concatenate(pieces + [bounds[-1:]])
+    first, last = int(bounds[0]), int(bounds[-1])
+    slab = min(max(block, (1 << 24) // max(features, 1) // block * block), -(-(last - first) // block) * block)
+    # Cut at every window boundary and slab boundary, then into blocks of at most `block` rows.
+    cuts = np.union1d(bounds, np.arange(first, last, slab))
+    pieces = [np.arange(a, b, block) for a, b in zip(cuts[:-1], cuts[1:])]
+    starts = np.concatenate(pieces + [cuts[-1:]])
     lengths = np.minimum(np.diff(starts), block)
-    totals = _block_totals(jnp.asarray(x), jnp.asarray(bins.edges), jnp.asarray(starts[:-1], jnp.int32),
-                           jnp.asarray(lengths, jnp.int32), block=block)
-    first = np.searchsorted(starts, ranges[:, 0])
-    end = np.searchsorted(starts, ranges[:, 1])
-    return _window_counts(totals, jnp.asarray(first), jnp.asarray(end))
+    starts = starts[:-1]
+    owner = np.searchsorted(np.arange(first, last, slab), starts, side="right") - 1
+    edges = jnp.asarray(bins.edges)
+    # Slabs are copied into one reused, 64-byte aligned buffer that XLA reads in place:
+    # fresh host memory is slow to fault in, and an unaligned array would be copied.
+    buffer = _aligned_empty((max(slab, block), features))
+    totals, slabs = [], -(-(last - first) // slab)
+    for k in range(slabs):
+        lo = first + k * slab
+        n = min(slab, last - lo)
+        buffer[:n] = x[lo:lo + n]
+        mine = np.flatnonzero(owner == k)
+        width = 1 << int(mine.size - 1).bit_length()        # few distinct shapes to compile
+        local = np.zeros((2, width), np.int32)
+        local[0, : mine.size] = starts[mine] - lo
+        local[1, : mine.size] = lengths[mine]
+        out = _block_totals(_in_place(buffer), edges, jnp.asarray(local[0]), jnp.asarray(local[1]),
+                            block=block)
+        totals.append(np.asarray(out[: mine.size]))          # waits: the buffer is reused next
+        if progress is not None:
+            progress(k + 1, slabs)
+    boundaries = np.append(starts, last)
+    first_block = np.searchsorted(boundaries, ranges[:, 0])
+    end_block = np.searchsorted(boundaries, ranges[:, 1])
+    return _window_counts(jnp.asarray(np.concatenate(totals)), jnp.asarray(first_block),
+                          jnp.asarray(end_block))
+
+
+def _aligned_empty(shape, dtype=np.float32, align: int = 64) -> np.ndarray:
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(size + align, np.uint8)
+    offset = (-raw.ctypes.data) % align
+    return raw[offset:offset + size].view(dtype).reshape(shape)
+
+
+def _in_place(x: np.ndarray) -> jax.Array:
+    """A device array over the host buffer ``x`` without a copy where the backend allows."""
+    try:
+        return jax.device_put(x, may_alias=True)
+    except TypeError:            # jax without may_alias
+        return jnp.asarray(x)
 
 
 def _block_size(pieces: np.ndarray, rows: int) -> int:

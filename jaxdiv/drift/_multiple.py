@@ -20,6 +20,8 @@ dependent (``"cauchy"``, Liu & Xie 2020: the mean of
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -33,7 +35,11 @@ def adjust(p, method: str = "holm"):
     """Adjusted p-values, same shape as ``p``; see the module docstring."""
     if method not in CORRECTIONS:
         raise ValueError(f"correction must be one of {CORRECTIONS}, got {method!r}.")
-    p = jnp.asarray(p)
+    return _adjust(jnp.asarray(p), method)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _adjust(p, method):
     if method == "none" or p.size == 0:
         return p
     flat = p.reshape(-1)
@@ -57,6 +63,11 @@ def combine(p, method: str = "cauchy", axis=None):
     """One p-value from many (over ``axis``, default all); see the module docstring."""
     if method not in COMBINATIONS:
         raise ValueError(f"combination must be one of {COMBINATIONS}, got {method!r}.")
+    return _combine(jnp.asarray(p), method, axis)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _combine(p, method, axis):
     p = jnp.clip(jnp.asarray(p), jnp.finfo(jnp.result_type(p, jnp.float32)).tiny, 1.0)
     m = p.size if axis is None else p.shape[axis]
     if method == "fisher":

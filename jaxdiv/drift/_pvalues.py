@@ -30,9 +30,9 @@ from jaxdiv.drift import _statistics
 # statistic -> factor c such that c * n_e * value ~ chi2_k (None: use the raw value)
 _CHI2_SCALE = {
     "chi2": None, "g": None, "kl": 2.0, "reverse_kl": 2.0, "psi": 1.0,
-    "js": 8.0, "hellinger": 8.0,
+    "js": 8.0, "hellinger_squared": 8.0,
 }
-ASYMPTOTIC = tuple(_CHI2_SCALE) + ("js_distance", "ks")
+ASYMPTOTIC = ("chi2", "g", "kl", "reverse_kl", "psi", "js", "js_distance", "hellinger", "ks")
 METHODS = ("asymptotic", "bootstrap")
 
 
@@ -61,8 +61,9 @@ def asymptotic(name, value, n_a, n_b, df):
     if name == "ks":
         p = kolmogorov_sf(jnp.sqrt(n_e) * value)
     else:
-        if name == "js_distance":
-            name, value = "js", value**2
+        if name in ("js_distance", "hellinger"):
+            # Distances: their squares follow the law.
+            name, value = ("js" if name == "js_distance" else "hellinger_squared"), value**2
         scale = _CHI2_SCALE[name]
         p = chi2_sf(value if scale is None else scale * n_e * value, df)
     return jnp.where((n_a == 0) | (n_b == 0) | (value <= 0), 1.0, p)

@@ -307,15 +307,7 @@ def _current_windows(current, window_size, stride, time_column, period) -> _wind
 
 
 def _count_windows(bins, current, windows, progress):
-    x = bins.encode(current)
-    groups = max(1, min(len(windows), x.shape[0] * x.shape[1] // 50_000_000))
-    parts = np.array_split(np.arange(len(windows)), groups) if len(windows) else [np.arange(0)]
-    counts = []
-    for i, part in enumerate(parts):
-        counts.append(_binning.count(bins, x, windows.ranges[part]))
-        if progress is not None:
-            progress(i + 1, len(parts))
-    return jnp.concatenate(counts, axis=1)
+    return _binning.count(bins, bins.encode(current), windows.ranges, progress=progress)
 
 
 @functools.partial(jax.jit, static_argnames=("names", "test", "method", "resamples"))

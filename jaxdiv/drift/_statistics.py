@@ -71,8 +71,34 @@ def _cumulative_gaps(a, b, own):
     return jnp.where(empty | ~own, 0.0, gap)
 
 
-def statistic(name, a, b, bins_in, *, own, ordered, centres, eps=0.5):
-    """One statistic, ``[...]``; see the module docstring for the arguments."""
+def statistic(name, a, b, bins_in=None, *, own=None, ordered=True, centres=None, eps=0.5):
+    """One statistic of reference counts ``a`` and current counts ``b``, ``[..., B] -> [...]``.
+
+    Args:
+      name: one of :data:`STATISTICS`.
+      a, b: counts (or any non-negative weights) over the same bins.
+      bins_in: the bins taking part (default all).
+      own: the ordered bins for ``ks`` and ``wasserstein`` (default ``bins_in``).
+      ordered: whether the bins are ordered; if not, ``ks`` and ``wasserstein``
+        are the total variation.
+      centres: ``[..., B]`` bin positions for ``wasserstein`` (default 0, 1, 2, ...).
+      eps: the pseudo-count of the divergences.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxdiv import drift
+      >>> a = jnp.array([100.0, 250.0, 0.0, 50.0])
+      >>> b = jnp.array([80.0, 260.0, 0.0, 60.0])
+      >>> print(f"{float(drift.statistic('psi', a, b)):.6f}")
+      0.016508
+      >>> print(f"{float(drift.statistic('chi2', a, b)):.6f}")   # scipy.stats.chi2_contingency
+      3.327392
+    """
+    a, b = jnp.asarray(a, jnp.result_type(a, jnp.float32)), jnp.asarray(b, jnp.result_type(b, jnp.float32))
+    bins_in = jnp.ones(a.shape, bool) if bins_in is None else bins_in
+    own = bins_in if own is None else own
+    if centres is None:
+        centres = jnp.arange(a.shape[-1], dtype=a.dtype)
     a = jnp.where(bins_in, a, 0.0)
     b = jnp.where(bins_in, b, 0.0)
     n_a, n_b = a.sum(-1), b.sum(-1)

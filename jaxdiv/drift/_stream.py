@@ -77,6 +77,7 @@ def batch_counts(x, edges, *, block: int = 1024):
     x = jnp.concatenate([x, jnp.full((pad, x.shape[1]), jnp.nan, x.dtype)]) if pad else x
 
     def one(b):
+        b = _binning._top_is_finite(b)
         below = jnp.where(b[:, :, None] < edges, 1.0, 0.0).sum(0)
         return below, jnp.where(jnp.isnan(b), 1.0, 0.0).sum(0)
 
@@ -145,6 +146,7 @@ class Monitor:
         self._optional = jnp.asarray(bins.optional)
         self._ordered = jnp.asarray(bins.ordered)
         self._centres = jnp.asarray(bins.centres)
+        self._buffers = {}
 
     def init(self) -> State:
         """A state with the reference counts and nothing seen yet."""
@@ -154,11 +156,26 @@ class Monitor:
                      jnp.zeros((f, b), jnp.float32), jnp.zeros((), jnp.int32),
                      zeros, zeros, zeros, zeros, zeros)
 
-    @functools.partial(jax.jit, static_argnums=0)
     def update(self, state: State, x) -> State:
-        """Add the counts of a batch ``x`` (``[rows, features]``, from :meth:`Bins.encode`)."""
-        if x.ndim != 2 or x.shape[1] != len(self.bins.columns):
-            raise ValueError(f"expected an encoded batch [rows, {len(self.bins.columns)}], got {x.shape}.")
+        """Add the counts of a batch ``x`` (``[rows, features]``, from :meth:`Bins.encode`).
+
+        Jittable (``x`` a traced array); called with a NumPy batch it reads the
+        batch through a reused aligned buffer, without allocating per batch.
+        """
+        if np.ndim(x) != 2 or np.shape(x)[1] != len(self.bins.columns):
+            raise ValueError(f"expected an encoded batch [rows, {len(self.bins.columns)}], "
+                             f"got shape {np.shape(x)}.")
+        if not isinstance(x, np.ndarray):
+            return self._update(state, x)
+        buffer = self._buffers.get(x.shape)
+        if buffer is None:
+            buffer = self._buffers[x.shape] = _binning._aligned_empty(x.shape)
+        buffer[...] = x
+        # Wait before the buffer can be written again.
+        return jax.block_until_ready(self._update(state, _binning._in_place(buffer)))
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def _update(self, state: State, x) -> State:
         return state._replace(current=state.current + batch_counts(x, self._edges))
 
     def score(self, reference, current):

@@ -10,8 +10,9 @@ import numpy as np
 class Table:
     """Named 1-d columns of equal length."""
 
-    def __init__(self, columns: Mapping[str, np.ndarray]):
+    def __init__(self, columns: Mapping[str, np.ndarray], matrix: Optional[np.ndarray] = None):
         self._columns = dict(columns)
+        self.matrix = matrix          # the [rows, columns] array the columns are views of, if any
         lengths = {name: len(v) for name, v in self._columns.items()}
         if len(set(lengths.values())) > 1:
             raise ValueError(f"columns have different lengths: {lengths}.")
@@ -26,9 +27,6 @@ class Table:
 
     def __contains__(self, name) -> bool:
         return name in self._columns
-
-    def take(self, index) -> "Table":
-        return Table({k: v[index] for k, v in self._columns.items()})
 
     def select(self, columns: Optional[Sequence[str]], *, without: Sequence[str] = ()) -> list:
         """The named columns (default: all but ``without``), checked to exist."""
@@ -56,7 +54,8 @@ def as_table(data) -> Table:
         raise ValueError(
             f"expected a table: a DataFrame, a mapping of columns or a 2-d array "
             f"[rows, features]; got an array of shape {array.shape}.")
-    return Table({f"x{j}": array[:, j] for j in range(array.shape[1])})
+    matrix = array if array.dtype.kind in "iuf" else None
+    return Table({f"x{j}": array[:, j] for j in range(array.shape[1])}, matrix)
 
 
 def _column(series) -> np.ndarray:

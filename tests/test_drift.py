@@ -1,0 +1,450 @@
+"""jaxdiv.drift against independent float64 references (SciPy, NumPy loops) and the null law."""
+
+import io
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.spatial.distance as ssd
+import scipy.stats as ss
+
+from jaxdiv import drift
+
+ROOT = Path(__file__).resolve().parents[1]
+DIVERGENCES = ("kl", "reverse_kl", "psi", "js", "js_distance", "hellinger", "tv")
+
+
+def _smoothed(a, b, eps):
+    P = (a + eps) / (a + eps).sum()
+    Q = (b + eps) / (b + eps).sum()
+    return P, Q
+
+
+def reference_statistic(name, a, b, centres, eps=0.5):
+    """float64 references written from the definitions (SciPy where it has them)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if name in DIVERGENCES:
+        P, Q = _smoothed(a, b, eps)     # P reference, Q current
+        return {
+            "kl": lambda: ss.entropy(Q, P),
+            "reverse_kl": lambda: ss.entropy(P, Q),
+            "psi": lambda: np.sum((Q - P) * np.log(Q / P)),
+            "js": lambda: ssd.jensenshannon(P, Q) ** 2,
+            "js_distance": lambda: ssd.jensenshannon(P, Q),
+            "hellinger": lambda: np.sqrt(0.5 * np.sum((np.sqrt(P) - np.sqrt(Q)) ** 2)),
+            "tv": lambda: 0.5 * np.abs(P - Q).sum(),
+        }[name]()
+    keep = (a + b) > 0
+    if name in ("chi2", "g"):
+        table = np.array([a[keep], b[keep]])
+        lam = "log-likelihood" if name == "g" else None
+        return ss.chi2_contingency(table, correction=False, lambda_=lam)[0]
+    if name == "ks":
+        return np.max(np.abs(np.cumsum(a) / a.sum() - np.cumsum(b) / b.sum()))
+    return ss.wasserstein_distance(centres, centres, a, b)
+
+
+def _counts(rng, shape, zeros=True):
+    c = rng.integers(0, 400, size=shape).astype(np.float64)
+    if zeros:
+        c[..., 2] = 0.0          # a bin empty on both sides
+        c[0, 4] = 0.0            # empty on one side only
+    return c
+
+
+@pytest.mark.parametrize("name", sorted(drift.STATISTICS))
+def test_statistics_match_scipy_in_float64(x64, rng, name):
+    a, b = _counts(rng, (3, 7)), _counts(rng, (3, 7))
+    centres = np.cumsum(rng.uniform(0.5, 2.0, 7))
+    got = np.asarray(drift.statistic(name, jnp.asarray(a), jnp.asarray(b), centres=jnp.asarray(centres)))
+    want = [reference_statistic(name, a[i], b[i], centres) for i in range(3)]
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+
+
+def mp_statistic(name, a, b, centres, eps=0.5):
+    """40-digit references: at tiny drift float64 formulas (SciPy's G among them) lose digits."""
+    import mpmath as mp
+
+    mp.mp.dps = 40
+    a = [mp.mpf(int(v)) for v in a]
+    b = [mp.mpf(int(v)) for v in b]
+    na, nb = sum(a), sum(b)
+    P = [(v + mp.mpf(eps)) / (na + len(a) * mp.mpf(eps)) for v in a]
+    Q = [(v + mp.mpf(eps)) / (nb + len(b) * mp.mpf(eps)) for v in b]
+    kl = lambda x, y: sum(u * mp.log(u / v) for u, v in zip(x, y))
+    M = [(u + v) / 2 for u, v in zip(P, Q)]
+    cum = lambda x, n: [sum(x[: i + 1]) / n for i in range(len(x))]
+    gaps = [abs(u - v) for u, v in zip(cum(a, na), cum(b, nb))]
+    pooled = [(u + v) / (na + nb) for u, v in zip(a, b)]
+    value = {
+        "kl": lambda: kl(Q, P), "reverse_kl": lambda: kl(P, Q), "psi": lambda: kl(Q, P) + kl(P, Q),
+        "js": lambda: (kl(P, M) + kl(Q, M)) / 2, "js_distance": lambda: mp.sqrt((kl(P, M) + kl(Q, M)) / 2),
+        "hellinger": lambda: mp.sqrt(sum((mp.sqrt(u) - mp.sqrt(v)) ** 2 for u, v in zip(P, Q)) / 2),
+        "tv": lambda: sum(abs(u - v) for u, v in zip(P, Q)) / 2,
+        "chi2": lambda: sum((u - n * m) ** 2 / (n * m) for x, n in ((a, na), (b, nb)) for u, m in zip(x, pooled)),
+        "g": lambda: 2 * sum(u * mp.log(u / (n * m)) for x, n in ((a, na), (b, nb)) for u, m in zip(x, pooled)),
+        "ks": lambda: max(gaps),
+        "wasserstein": lambda: sum(g * (c1 - c0) for g, c0, c1 in zip(gaps, centres[:-1], centres[1:])),
+    }[name]()
+    return float(value)
+
+
+@pytest.mark.parametrize("name", sorted(drift.STATISTICS))
+def test_float32_keeps_tiny_drift(x64, name):
+    # Two histograms of a million rows that differ by one row moved between bins:
+    # a naive sum(p * log(p / q)) in float32 is off by percents here.
+    a = np.array([250_000.0, 250_000.0, 300_000.0, 200_000.0])
+    b = a + np.array([1.0, 0.0, -1.0, 0.0])
+    centres = np.array([0.0, 1.0, 2.0, 3.0])
+    want = mp_statistic(name, a, b, centres)
+    got = drift.statistic(name, jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32),
+                          centres=jnp.asarray(centres, jnp.float32))
+    assert got.dtype == jnp.float32
+    assert want > 0
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
+def test_empty_bins_never_give_inf_or_nan():
+    a = jnp.array([[10.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    b = jnp.array([[0.0, 0.0, 7.0], [3.0, 0.0, 0.0]])
+    for name in drift.STATISTICS:
+        v = np.asarray(drift.statistic(name, a, b))
+        assert np.all(np.isfinite(v)), name
+        assert v[1] == 0.0, name            # an empty side: nothing to compare
+
+
+def test_chi2_and_g_p_values_match_scipy(x64, rng):
+    a, b = _counts(rng, (4, 6), zeros=False), _counts(rng, (4, 6), zeros=False)
+    b[1] = a[1] * 2                         # no drift at all in row 1
+    n_a, n_b, df = a.sum(-1), b.sum(-1), np.full(4, 5)
+    for name, lam in (("chi2", None), ("g", "log-likelihood")):
+        value = drift.statistic(name, a, b)
+        p = drift.asymptotic_p_value(name, value, n_a, n_b, df)
+        want = [ss.chi2_contingency(np.array([a[i], b[i]]), correction=False, lambda_=lam)[1]
+                for i in range(4)]
+        np.testing.assert_allclose(np.asarray(p), want, rtol=1e-10)
+
+
+def test_ks_law_is_kolmogorovs(x64):
+    t = np.array([0.2, 0.5, 0.9, 1.0, 1.3, 2.0, 3.0])
+    n = np.full(t.shape, 1e12)   # n_e = n / 2
+    p = drift.asymptotic_p_value("ks", t / np.sqrt(n / 2), n, n, np.full(t.shape, 9))
+    np.testing.assert_allclose(np.asarray(p), ss.kstwobign.sf(t), rtol=1e-9, atol=1e-15)
+
+
+def test_bootstrap_p_values_are_never_zero_and_agree_with_the_law(rng):
+    a = jnp.asarray(rng.multinomial(20_000, np.full(8, 1 / 8), size=6), jnp.float32)
+    b = jnp.asarray(rng.multinomial(5_000, np.full(8, 1 / 8), size=6), jnp.float32)
+    b = b.at[0].set(jnp.array([900.0, 600, 600, 600, 600, 600, 600, 500]))   # strong drift
+    ones = jnp.ones(a.shape, bool)
+    centres = jnp.arange(8.0)
+    p_boot = drift.bootstrap_p_value(jax.random.key(1), "chi2", a, b, ones, ones, True, centres, 0.5,
+                                     resamples=499)
+    assert float(p_boot[0]) == pytest.approx(1 / 500)           # (0 + 1) / (R + 1), never 0
+    p_law = drift.asymptotic_p_value("chi2", drift.statistic("chi2", a, b), a.sum(-1), b.sum(-1),
+                                     jnp.full(6, 7))
+    np.testing.assert_allclose(np.asarray(p_boot[1:]), np.asarray(p_law[1:]), atol=0.07)
+
+
+@pytest.mark.parametrize("n", [30, 1000])
+def test_false_alarms_match_alpha(rng, n):
+    # TESTING.md row 22: with no drift, a share alpha of windows is flagged,
+    # within three Monte-Carlo standard errors, small and large windows alike.
+    windows = 1500
+    ref = {"x": rng.normal(size=50_000), "c": rng.choice(list("abcd"), 50_000, p=[.4, .3, .2, .1])}
+    cur = {"x": rng.normal(size=n * windows), "c": rng.choice(list("abcd"), n * windows, p=[.4, .3, .2, .1])}
+    report = drift.drift_report(ref, cur, window_size=n, correction="none", statistics=("js_distance",))
+    flagged = report.columns["p_value"] < 0.05
+    se = np.sqrt(0.05 * 0.95 / flagged.size)
+    assert abs(flagged.mean() - 0.05) < 3 * se, flagged.mean()
+    # Evidently's fixed 0.1 threshold on the divergence flags most small windows.
+    if n == 30:
+        assert np.mean(report.columns["js_distance"] > 0.1) > 0.2
+
+
+def _reference_adjust(p, method):
+    p = np.asarray(p, np.float64)
+    m = p.size
+    order = np.argsort(p)
+    out = np.empty(m)
+    if method == "bonferroni":
+        return np.minimum(1, p * m)
+    if method == "holm":
+        running = 0.0
+        for i, j in enumerate(order):
+            running = max(running, (m - i) * p[j])
+            out[j] = min(1.0, running)
+        return out
+    c = np.sum(1 / np.arange(1, m + 1)) if method == "by" else 1.0
+    running = 1.0
+    for i in range(m - 1, -1, -1):
+        j = order[i]
+        running = min(running, p[j] * m * c / (i + 1))
+        out[j] = running
+    return out
+
+
+@pytest.mark.parametrize("method", ["bonferroni", "holm", "bh", "by"])
+def test_corrections_match_their_definitions(x64, rng, method):
+    p = rng.uniform(size=(5, 7)) ** 3
+    np.testing.assert_allclose(np.asarray(drift.adjust(p, method)), _reference_adjust(p.ravel(), method).reshape(5, 7),
+                               rtol=1e-12)
+
+
+def test_combined_p_values(x64, rng):
+    p = rng.uniform(size=12) ** 2
+    fisher = ss.combine_pvalues(p, method="fisher").pvalue
+    assert float(drift.combine(p, "fisher")) == pytest.approx(fisher, rel=1e-10)
+    t = np.mean(np.tan((0.5 - p) * np.pi))
+    assert float(drift.combine(p, "cauchy")) == pytest.approx(ss.cauchy.sf(t), rel=1e-10)
+    tiny = np.array([1e-30, 0.5])
+    assert 0 < float(drift.combine(tiny, "cauchy")) < 1e-29
+
+
+def test_bins_are_fitted_on_the_reference(rng):
+    x = rng.normal(size=10_000)
+    bins = drift.fit_bins({"x": x, "k": rng.integers(0, 4, 10_000), "s": rng.choice(["u", "v"], 10_000)},
+                          bins=5)
+    assert bins.kinds == ("quantile", "values", "levels")
+    np.testing.assert_allclose(bins.edges[0, :4], np.quantile(x, [.2, .4, .6, .8]), atol=1e-3)
+    counts = np.asarray(drift.count(bins, {"x": x, "k": np.zeros(10_000), "s": np.array(["u"] * 10_000)}))
+    assert counts.shape == (3, 1, bins.num_bins)
+    # Values are compared in float32 (an edge is a reference value, so ties land alike).
+    x32 = x.astype(np.float32)
+    np.testing.assert_array_equal(counts[0, 0, :5], np.histogram(x32, [-np.inf, *bins.edges[0, :4], np.inf])[0])
+    assert counts[1, 0, 0] == 10_000 and counts[2, 0, 0] == 10_000
+
+
+def test_counts_of_windows_equal_numpy_histograms(rng):
+    x = rng.normal(size=(3_001, 4)).astype(np.float32)
+    x[rng.uniform(size=x.shape) < 0.05] = np.nan
+    x[0, 0], x[1, 1] = np.inf, -np.inf
+    bins = drift.fit_bins(x[:1000], bins=6)
+    ranges = np.array([[0, 3001], [17, 40], [100, 2100], [2000, 3001], [5, 5]])
+    counts = np.asarray(drift.count(bins, x, ranges))
+    for j in range(4):
+        edges = [-np.inf, *bins.edges[j, : bins.n_bins[j] - 1], np.inf]
+        for w, (lo, hi) in enumerate(ranges):
+            col = x[lo:hi, j]
+            col = np.clip(col, np.finfo(np.float32).min, np.finfo(np.float32).max)
+            want = np.histogram(col[~np.isnan(col)], edges)[0]
+            np.testing.assert_array_equal(counts[j, w, : len(want)], want)
+            assert counts[j, w, -1] == np.isnan(col).sum()
+            assert counts[j, w].sum() == hi - lo
+
+
+def test_unseen_levels_missing_values_and_degenerate_columns(rng):
+    ref = {"plan": ["a", "b", None] * 100, "const": np.ones(300), "empty": np.full(300, np.nan),
+           "mixed": [1, "1", 2.5] * 100, "few": rng.normal(size=300)}
+    cur = {"plan": ["a", "c"] * 50, "const": np.ones(100), "empty": rng.normal(size=100),
+           "mixed": ["1", 1, 2.5, "x"] * 25, "few": rng.normal(size=100)}
+    report = drift.drift_report(ref, cur, bins=500, statistics=sorted(drift.STATISTICS))
+    table = report.columns
+    for name in drift.STATISTICS:
+        assert np.all(np.isfinite(table[name])), name
+    row = dict(zip(table["feature"], table["drift"]))
+    assert row["plan"] and row["empty"] and not row["const"]
+    assert report.bins.kinds[report.bins.columns.index("empty")] == "missing"
+    # More bins than rows: one bin per distinct value at most.
+    assert report.bins.n_bins[report.bins.columns.index("few")] <= 301
+
+
+def test_bad_input_names_the_problem(rng):
+    ref = {"a": rng.normal(size=100), "b": rng.normal(size=100)}
+    with pytest.raises(ValueError, match=r"\['c'\].*not in the reference"):
+        drift.drift_report(ref, {"a": rng.normal(size=10), "b": np.ones(10), "c": np.ones(10)})
+    with pytest.raises(ValueError, match=r"\['b'\].*not in the data"):
+        drift.drift_report(ref, {"a": rng.normal(size=10)})
+    with pytest.raises(ValueError, match="non-numeric values.*'oops'"):
+        drift.drift_report(ref, {"a": np.array([1.0, "oops"], dtype=object), "b": np.ones(2)})
+    with pytest.raises(ValueError, match="row 2 .* before row 1"):
+        drift.by_time(np.array([0.0, 5.0, 3.0]), 1.0)
+    with pytest.raises(ValueError, match="no asymptotic law"):
+        drift.drift_report(ref, ref, test="tv")
+    with pytest.raises(ValueError, match="different lengths"):
+        drift.drift_report({"a": np.ones(3), "b": np.ones(4)}, ref)
+    with pytest.warns(UserWarning, match="99 resamples"):
+        drift.drift_report(ref, ref, method="bootstrap", resamples=99)
+
+
+def test_time_windows_and_empty_windows(rng):
+    t = np.sort(rng.choice(np.arange(0, 10 * 3600, 7), 2000, replace=False)).astype(np.int64)
+    t = np.concatenate([t[t < 3600], t[t >= 7200]])          # an hour with no rows
+    t = np.repeat(t, 2)                                        # duplicated timestamps
+    times = np.datetime64("2026-03-01T00:00", "s") + t.astype("timedelta64[s]")
+    windows = drift.by_time(times, np.timedelta64(1, "h"))
+    assert len(windows) == 10
+    assert windows.ranges[1, 0] == windows.ranges[1, 1]        # the empty hour is kept
+    sizes = np.diff(windows.ranges, axis=1).ravel()
+    assert sizes.sum() == t.size
+    ref = {"x": rng.normal(size=5000)}
+    cur = {"time": times, "x": rng.normal(size=t.size)}
+    report = drift.drift_report(ref, cur, time_column="time", period=np.timedelta64(1, "h"))
+    assert report.columns["n_current"][1] == 0 and report.columns["p_value"][1] == 1.0
+    assert report.columns["window"][0] == np.datetime64("2026-03-01T00:00:00")
+    assert all(np.all(np.isfinite(np.asarray(v, float))) for k, v in report.columns.items()
+               if k not in ("feature", "window"))
+
+
+def test_sliding_windows_and_references(rng):
+    w = drift.sliding(10, 4, 3)
+    np.testing.assert_array_equal(w.ranges, [[0, 4], [3, 7], [6, 10]])
+    np.testing.assert_array_equal(drift.tumbling(10, 4).ranges, [[0, 4], [4, 8], [8, 10]])
+    counts = rng.integers(0, 50, size=(2, 6, 3)).astype(np.float32)
+    ref = rng.integers(0, 50, size=(2, 3)).astype(np.float32)
+    zeros = np.zeros_like(counts[:, 0])
+    for mode, kw, want in [
+        ("fixed", {}, lambda w: ref),
+        ("previous", {}, lambda w: counts[:, w - 1] if w else zeros),
+        ("rolling", {"k": 2}, lambda w: counts[:, max(w - 2, 0):w].sum(1)),
+        ("expanding", {}, lambda w: counts[:, :w].sum(1)),
+        ("decayed", {"half_life": 2.0},
+         lambda w: sum(0.5 ** ((w - 1 - i) / 2.0) * counts[:, i] for i in range(w)) if w else zeros),
+    ]:
+        got = np.asarray(drift.references(counts, mode, ref, **kw))
+        for i in range(6):
+            np.testing.assert_allclose(got[:, i], want(i), rtol=1e-6, err_msg=mode)
+
+
+def test_chunk_thresholds_are_out_of_sample(rng):
+    ref = {"x": rng.normal(size=6000)}
+    bins = drift.fit_bins(ref)
+    th = drift.chunk_thresholds(bins, ref, 500, statistic="js")
+    # In sample (each chunk against counts that include it) the scores would be smaller.
+    counts = np.asarray(drift.count(bins, ref, drift.tumbling(6000, 500).ranges), np.float32)[0]
+    own = jnp.asarray(bins.own[0])
+    inside = [float(drift.statistic("js", counts.sum(0), c, own)) for c in counts]
+    rest = [float(drift.statistic("js", counts.sum(0) - c, c, own)) for c in counts]
+    assert th[0] == pytest.approx(np.mean(rest) + 3 * np.std(rest, ddof=1), rel=1e-5)
+    assert np.mean(rest) > np.mean(inside)
+
+
+def test_streaming_counts_merge_and_save(rng, tmp_path):
+    ref = {"a": rng.normal(size=4000), "b": rng.choice(["x", "y", "z"], 4000)}
+    bins = drift.fit_bins(ref)
+    monitor = drift.Monitor(bins, ref, history=3)
+    data = bins.encode({"a": rng.normal(size=3000), "b": rng.choice(["x", "y", "w"], 3000)})
+    whole = monitor.update(monitor.init(), data)
+    parts = monitor.init()
+    for chunk in np.array_split(data, 7):
+        parts = monitor.update(parts, chunk)
+    np.testing.assert_array_equal(np.asarray(whole.current), np.asarray(parts.current))
+    np.testing.assert_array_equal(np.asarray(whole.current), np.asarray(drift.count(bins, data)[:, 0]))
+    left = monitor.update(monitor.init(), data[:1234])
+    right = monitor.update(monitor.init(), data[1234:])
+    np.testing.assert_array_equal(np.asarray(drift.merge(left, right).current), np.asarray(whole.current))
+    state, window = monitor.close_window(whole)
+    assert window.n.tolist() == [3000, 3000]
+    np.testing.assert_allclose(np.asarray(window.divergence),
+                               [float(drift.statistic("js", np.asarray(monitor.reference_counts[i]),
+                                                      np.asarray(whole.current[i]),
+                                                      jnp.asarray(bins.own[i] & ~bins.optional[i] |
+                                                                  (bins.optional[i] & (np.asarray(whole.current[i]) > 0)))))
+                                for i in range(2)], rtol=1e-6)
+    drift.save(tmp_path / "s.npz", state)
+    loaded = drift.load(tmp_path / "s.npz")
+    for x, y in zip(state, loaded):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_calibrated_detectors_hold_their_run_length_and_catch_a_shift(rng):
+    ref = {"x": rng.normal(size=20_000)}
+    bins = drift.fit_bins(ref)
+    monitor = drift.Monitor(bins, ref, statistic="js").calibrate(window=200, arl=100, seed=3)
+    d = monitor.detector
+    assert np.all(np.isfinite(np.asarray(d.h))) and np.all(np.isfinite(np.asarray(d.lam)))
+    # Fresh null windows, not the ones the calibration drew: false alarms per window ~ 1/arl.
+    null = jnp.asarray(np.stack([np.asarray(drift.count(bins, {"x": rng.normal(size=200)})[:, 0])
+                                 for _ in range(3000)]), jnp.float32)
+    state, alarms = monitor.init(), np.zeros(2)
+    step = jax.jit(lambda s, c: monitor.close_window(s._replace(current=c)))
+    for c in null:
+        state, w = step(state, c)
+        alarms += [bool(w.cusum_alarm[0]), bool(w.ph_alarm[0])]
+    run_length = 3000 / np.maximum(alarms, 1)
+    assert np.all((run_length > 50) & (run_length < 250)), run_length
+    shifted = jnp.asarray(drift.count(bins, {"x": rng.normal(0.3, 1, size=200)})[:, 0], jnp.float32)
+    hit = []
+    for _ in range(5):
+        state, w = step(state, shifted)
+        hit.append(bool(w.cusum_alarm[0]))
+    assert any(hit)
+
+
+def test_report_outputs(rng, tmp_path):
+    ref = {"a": rng.normal(size=2000), "b": rng.choice(["x", "y"], 2000)}
+    cur = {"a": rng.normal(0.5, 1, size=1000), "b": rng.choice(["x", "y"], 1000)}
+    report = drift.drift_report(ref, cur, window_size=250)
+    doc = json.loads(report.to_json())
+    assert doc["drift"] is True and len(doc["rows"]) == 8
+    csv_text = report.to_csv()
+    assert csv_text.splitlines()[0].startswith("feature,window,n_reference,n_current")
+    assert "drifted" in report.format()
+    pytest.importorskip("matplotlib")
+    report.plot(tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "jaxdiv.drift", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_command_line_exit_status_and_formats(rng, tmp_path):
+    ref = tmp_path / "ref.csv"
+    same = tmp_path / "same.csv"
+    moved = tmp_path / "moved.csv"
+    ref.write_text("a,b\n" + "".join(f"{v},{c}\n" for v, c in zip(rng.normal(size=3000), rng.choice(["x", "y"], 3000))))
+    same.write_text("a,b\n" + "".join(f"{v},{c}\n" for v, c in zip(rng.normal(size=500), rng.choice(["x", "y"], 500))))
+    moved.write_text("a,b\n" + "".join(f"{v},{c}\n" for v, c in zip(rng.normal(1, 1, size=500), rng.choice(["x", "y"], 500))))
+    ok = _cli(str(ref), str(same), "--format", "json", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["drift"] is False
+    hit = _cli(str(ref), str(moved), "--format", "csv", "--window-size", "100", "--quiet", cwd=tmp_path)
+    assert hit.returncode == 1 and hit.stdout.count("\n") == 11
+    bad = _cli(str(ref), str(same), "--columns", "a,zz", cwd=tmp_path)
+    assert bad.returncode == 2 and "zz" in bad.stderr
+
+
+def test_parquet_and_time_windows_from_the_command_line(rng, tmp_path):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    pd.DataFrame({"a": rng.normal(size=2000)}).to_parquet(tmp_path / "ref.parquet")
+    times = pd.date_range("2026-01-01", periods=600, freq="min")
+    pd.DataFrame({"ts": times, "a": rng.normal(size=600)}).to_parquet(tmp_path / "cur.parquet")
+    out = _cli("ref.parquet", "cur.parquet", "--time-column", "ts", "--period", "1h", "--format", "json",
+               "--plot", "p.png", cwd=tmp_path)
+    assert out.returncode in (0, 1), out.stderr
+    doc = json.loads(out.stdout)
+    assert len(doc["rows"]) == 10 and doc["rows"][1]["window"].startswith("2026-01-01T01:00")
+    assert (tmp_path / "p.png").exists()
+
+
+def test_features_sharded_over_devices_need_no_collective():
+    # Counting and statistics are per feature: with features sharded over a mesh the
+    # compiled program moves nothing between devices.
+    code = f"""
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+sys.path.insert(0, {str(ROOT)!r})
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jaxdiv.drift import _binning, _statistics
+from jaxdiv.drift._stream import batch_counts
+mesh = Mesh(np.array(jax.devices()), ("features",))
+x = jax.ShapeDtypeStruct((4096, 64), jnp.float32, sharding=NamedSharding(mesh, P(None, "features")))
+e = jax.ShapeDtypeStruct((64, 9), jnp.float32, sharding=NamedSharding(mesh, P("features", None)))
+f = jax.jit(lambda x, e: _statistics.statistic("js", batch_counts(x, e)[:, :10], batch_counts(x * 2, e)[:, :10]))
+hlo = f.lower(x, e).compile().as_text()
+bad = [op for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute") if op in hlo]
+print("collectives", bad)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "collectives []" in out.stdout, out.stdout
