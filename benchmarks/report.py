@@ -12,6 +12,9 @@ accuracy against float64, prints a summary and writes ``results.json``,
 (``benchmarks/accelerator_model.py``): no timing, compiles only.
 ``--many-devices`` runs the many-device report (``benchmarks/many_devices.py``):
 collective bytes read from compiled programs, and times on 1-8 host devices.
+``--drift`` runs the drift-monitoring report (``benchmarks/drift.py``) against
+Evidently, NannyML, alibi-detect, frouros, River and SciPy (``--no-anchors``:
+jaxdiv alone; ``--quick``: small sizes).
 """
 
 from __future__ import annotations
@@ -620,5 +623,13 @@ if __name__ == "__main__":
         out = Path(sys.argv[sys.argv.index("--out") + 1]) if "--out" in sys.argv else ROOT / "benchmark-results"
         print(many_devices.report(out))
         print(f"written: {out / 'many-devices.json'}, {out / 'many-devices.md'}")
+        sys.exit(0)
+    if "--drift" in sys.argv[1:]:
+        from benchmarks import drift as drift_benchmark
+
+        out = Path(sys.argv[sys.argv.index("--out") + 1]) if "--out" in sys.argv else ROOT / "benchmark-results"
+        anchors = () if "--no-anchors" in sys.argv else tuple(drift_benchmark.ANCHORS)
+        print(drift_benchmark.report(out, quick="--quick" in sys.argv, anchors=anchors))
+        print(f"written: {out / 'drift.json'}, {out / 'drift.md'}")
         sys.exit(0)
     main()

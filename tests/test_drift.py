@@ -221,6 +221,17 @@ def test_bins_are_fitted_on_the_reference(rng):
     assert counts[1, 0, 0] == 10_000 and counts[2, 0, 0] == 10_000
 
 
+def test_reference_counts_from_the_fit_equal_the_counting_kernel(rng):
+    x = rng.normal(size=5000)
+    x[::7] = np.nan
+    x[3], x[5] = np.inf, -np.inf
+    table = {"x": x, "w": np.round(x * 2), "k": rng.integers(0, 3, 5000).astype(float),
+             "s": rng.choice(["u", "v", None], 5000).astype(object), "m": np.full(5000, np.nan)}
+    for binning in ("quantile", "width"):
+        bins = drift.fit_bins(table, binning=binning)
+        np.testing.assert_array_equal(bins.reference_counts, np.asarray(drift.count(bins, table)[:, 0]))
+
+
 def test_counts_of_windows_equal_numpy_histograms(rng):
     x = rng.normal(size=(3_001, 4)).astype(np.float32)
     x[rng.uniform(size=x.shape) < 0.05] = np.nan
@@ -427,23 +438,30 @@ def test_parquet_and_time_windows_from_the_command_line(rng, tmp_path):
 
 
 def test_features_sharded_over_devices_need_no_collective():
-    # Counting and statistics are per feature: with features sharded over a mesh the
-    # compiled program moves nothing between devices.
+    # A monitor whose features are sharded over 4 devices: each device counts and
+    # scores its own features; the compiled update and window close move nothing.
     code = f"""
 import os, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 sys.path.insert(0, {str(ROOT)!r})
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from jaxdiv.drift import _binning, _statistics
-from jaxdiv.drift._stream import batch_counts
+from jaxdiv import drift
+rng = np.random.default_rng(0)
+ref = rng.standard_normal((5000, 64), dtype=np.float32)
+bins = drift.fit_bins(ref)
+monitor = drift.Monitor(bins, ref)
 mesh = Mesh(np.array(jax.devices()), ("features",))
-x = jax.ShapeDtypeStruct((4096, 64), jnp.float32, sharding=NamedSharding(mesh, P(None, "features")))
-e = jax.ShapeDtypeStruct((64, 9), jnp.float32, sharding=NamedSharding(mesh, P("features", None)))
-f = jax.jit(lambda x, e: _statistics.statistic("js", batch_counts(x, e)[:, :10], batch_counts(x * 2, e)[:, :10]))
-hlo = f.lower(x, e).compile().as_text()
-bad = [op for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute") if op in hlo]
-print("collectives", bad)
+batch = rng.standard_normal((4096, 64), dtype=np.float32) + np.linspace(0, 1, 64, dtype=np.float32)
+sharded_batch = jax.device_put(batch, NamedSharding(mesh, P(None, "features")))
+state = monitor.update(monitor.init(mesh), sharded_batch)
+assert state.current.sharding.spec == P("features"), state.current.sharding
+_, window = monitor.close_window(state)
+_, plain = monitor.close_window(monitor.update(monitor.init(), batch))
+np.testing.assert_allclose(np.asarray(window.divergence), np.asarray(plain.divergence), rtol=1e-6)
+hlo = (jax.jit(monitor._update).lower(monitor.init(mesh), sharded_batch).compile().as_text()
+       + jax.jit(monitor.close_window).lower(state).compile().as_text())
+print("collectives", [op for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute") if op in hlo])
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr

@@ -14,9 +14,11 @@ missing values (NaN, None).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
-from typing import Optional, Sequence
+import os
+from typing import NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +43,9 @@ class Bins:
       n_bins: ``[features]`` bins per feature, missing-value bin excluded.
       levels: per feature, the values of the discrete bins (``None`` if continuous).
       centres: ``[features, B]`` a value representing each bin (the reference
-        mean inside it), for the binned Wasserstein distance.
+        median inside it), for the binned Wasserstein distance.
+      reference_counts: ``[features, B]`` the reference's own counts, read off
+        the sort that fitted the bins (equal to :func:`count` of the reference).
     """
 
     columns: tuple
@@ -50,6 +54,7 @@ class Bins:
     n_bins: np.ndarray
     levels: tuple
     centres: np.ndarray
+    reference_counts: np.ndarray
 
     @property
     def num_bins(self) -> int:
@@ -143,35 +148,63 @@ def fit_bins(
         raise ValueError(f"categorical names columns {unknown} that are not being binned.")
     numeric = [c for c in columns if c not in categorical and _is_numeric(table[c])]
     matrix = _matrix(table, numeric)
+    # Slabs of features, one per worker (NumPy's sort releases the GIL), each
+    # transposed into a reused buffer (fresh host memory is slow to fault in) and
+    # sorted in place.
+    workers = max(1, min(os.cpu_count() or 1, 4, len(numeric)))
+    width = min(128, -(-len(numeric) // workers)) if numeric else 1
+    slabs = [numeric[j:j + width] for j in range(0, len(numeric), width)]
+
+    def fit_slab(k):
+        names = slabs[k]
+        j = k * width
+        buffer = _scratch(f"fit{k % workers}", (width, table.num_rows))[: len(names)]
+        return zip(names, _fit_numeric(_transposed(matrix[:, j:j + len(names)], buffer), bins, binning))
+
     fitted = {}
-    # One slab of features at a time, transposed into one reused buffer (fresh host
-    # memory is slow to fault in) and sorted in place.
-    buffer = np.empty((min(128, len(numeric)), table.num_rows), np.float32)
-    for j in range(0, len(numeric), 128):
-        slab = _transposed(matrix[:, j:j + 128], buffer[: len(numeric[j:j + 128])])
-        fitted.update(zip(numeric[j:j + 128], _fit_numeric(slab, bins, binning)))
+    for k0 in range(0, len(slabs), workers):
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            for part in pool.map(fit_slab, range(k0, min(k0 + workers, len(slabs)))):
+                fitted.update(part)
     for name in columns:
         if name not in fitted:
             levels = _levels(table[name])
+            codes = _codes(table[name], levels, name)
+            missing = np.isnan(codes)
             # Codes 0..k-1 for the levels, k for unseen: edges halfway between codes.
-            fitted[name] = ("levels", np.arange(len(levels), dtype=np.float32) + 0.5, levels,
-                            np.arange(len(levels) + 1.0))
+            fitted[name] = _Fitted("levels", np.arange(len(levels), dtype=np.float32) + 0.5, levels,
+                                   np.arange(len(levels) + 1.0),
+                                   np.bincount(codes[~missing].astype(np.int64), minlength=len(levels) + 1),
+                                   int(missing.sum()))
     fitted = [fitted[name] for name in columns]
-    width = max(len(edges) for _, edges, _, _ in fitted) + 2
+    width = max(len(f.edges) for f in fitted) + 2
     edges = np.full((len(columns), width - 2), np.inf, np.float32)
     centres = np.zeros((len(columns), width), np.float32)
-    for j, (_, e, _, c) in enumerate(fitted):
-        edges[j, : len(e)] = e
-        centres[j, : len(c)] = c
-        centres[j, len(c):] = c[-1] if len(c) else 0.0
+    counts = np.zeros((len(columns), width), np.int64)
+    for j, f in enumerate(fitted):
+        edges[j, : len(f.edges)] = f.edges
+        centres[j, : len(f.centres)] = f.centres
+        centres[j, len(f.centres):] = f.centres[-1] if len(f.centres) else 0.0
+        counts[j, : len(f.counts)] = f.counts
+        counts[j, -1] = f.missing
     return Bins(
         columns=tuple(columns),
-        kinds=tuple(kind for kind, _, _, _ in fitted),
+        kinds=tuple(f.kind for f in fitted),
         edges=edges,
-        n_bins=np.array([len(e) + 1 for _, e, _, _ in fitted]),
-        levels=tuple(levels for _, _, levels, _ in fitted),
+        n_bins=np.array([len(f.edges) + 1 for f in fitted]),
+        levels=tuple(f.levels for f in fitted),
         centres=centres,
+        reference_counts=counts,
     )
+
+
+class _Fitted(NamedTuple):
+    kind: str
+    edges: np.ndarray
+    levels: Optional[np.ndarray]
+    centres: np.ndarray
+    counts: np.ndarray        # per own bin
+    missing: int
 
 
 def _matrix(table, names) -> np.ndarray:
@@ -202,18 +235,21 @@ def _fit_numeric(x: np.ndarray, bins: int, binning: str) -> list:
     present = np.count_nonzero(~np.isnan(x), axis=1)
     out = []
     for row, n in zip(x, present):
-        row = row[:n]
+        row, missing = row[:n], x.shape[1] - n
         if n == 0:
-            out.append(("missing", np.zeros(0, np.float32), None, np.zeros(1, np.float32)))
+            out.append(_Fitted("missing", np.zeros(0, np.float32), None, np.zeros(1, np.float32),
+                               np.zeros(1, np.int64), missing))
             continue
         # Order statistics with more than `bins` distinct values settle it without a full scan.
         spread = row[np.linspace(0, n - 1, 4 * bins + 1).astype(np.int64)]
         changes = None if np.count_nonzero(spread[1:] != spread[:-1]) >= bins else \
             np.flatnonzero(row[1:] != row[:-1])
         if changes is not None and changes.size + 1 <= bins:
-            distinct = row[np.concatenate([[0], changes + 1])]
-            out.append(("values", np.arange(distinct.size, dtype=np.float32) + 0.5, distinct,
-                        np.append(distinct, distinct[-1])))
+            first = np.concatenate([[0], changes + 1])
+            distinct = row[first]
+            out.append(_Fitted("values", np.arange(distinct.size, dtype=np.float32) + 0.5, distinct,
+                               np.append(distinct, distinct[-1]), np.append(np.diff(np.append(first, n)), 0),
+                               missing))
             continue
         lo, hi = row[0], row[-1]
         # The j / (2 bins) quantiles ("inverted_cdf": data values, so a value equal
@@ -224,8 +260,15 @@ def _fit_numeric(x: np.ndarray, bins: int, binning: str) -> list:
             edges = np.unique(q[1::2])
             edges = edges[edges > lo]
         else:
-            edges = np.unique(np.linspace(lo, hi, bins + 1)[1:-1].astype(np.float32))
-        out.append((binning, edges.astype(np.float32), None, _centres(edges, q[0::2], lo, hi)))
+            # Infinities (clipped to the float32 extremes) go to the open outer bins.
+            span = row[np.abs(row) < np.finfo(np.float32).max]
+            span = span if span.size else row
+            edges = np.unique(np.linspace(float(span[0]), float(span[-1]), bins + 1)[1:-1].astype(np.float32))
+        edges = edges.astype(np.float32)
+        # Rows below each edge, read off the sort: the kernel's `x < edge`, in float32 too.
+        below = np.searchsorted(row, edges, side="left")
+        out.append(_Fitted(binning, edges, None, _centres(edges, q[0::2], lo, hi),
+                           np.diff(np.concatenate([[0], below, [n]])), missing))
     return out
 
 
@@ -379,7 +422,7 @@ def count(bins: Bins, data, ranges: Optional[np.ndarray] = None, *, progress=Non
     edges = jnp.asarray(bins.edges)
     # Slabs are copied into one reused, 64-byte aligned buffer that XLA reads in place:
     # fresh host memory is slow to fault in, and an unaligned array would be copied.
-    buffer = _aligned_empty((max(slab, block), features))
+    buffer = _scratch("count", (max(slab, block), features))
     totals, slabs = [], -(-(last - first) // slab)
     for k in range(slabs):
         lo = first + k * slab
@@ -400,6 +443,25 @@ def count(bins: Bins, data, ranges: Optional[np.ndarray] = None, *, progress=Non
     end_block = np.searchsorted(boundaries, ranges[:, 1])
     return _window_counts(jnp.asarray(np.concatenate(totals)), jnp.asarray(first_block),
                           jnp.asarray(end_block))
+
+
+_SCRATCH: dict = {}
+_SCRATCH_KEPT = 1 << 28     # bytes kept between calls, per use
+
+
+def _scratch(use: str, shape) -> np.ndarray:
+    """A float32 aligned buffer reused across calls (up to 256 MiB per use).
+
+    Fresh host memory has to be faulted in page by page, which costs more than
+    the counting itself on some machines; a monitor calls the same sizes again.
+    """
+    size = int(np.prod(shape))
+    kept = _SCRATCH.get(use)
+    if kept is None or kept.size < size:
+        kept = _aligned_empty((size,))
+        if size * 4 <= _SCRATCH_KEPT:
+            _SCRATCH[use] = kept
+    return kept[:size].reshape(shape)
 
 
 def _aligned_empty(shape, dtype=np.float32, align: int = 64) -> np.ndarray:

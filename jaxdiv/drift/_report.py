@@ -218,7 +218,7 @@ def drift_report(
     bins_ = _binning.fit_bins(reference, columns=columns, bins=bins, binning=binning,
                               categorical=categorical)
     windows = _current_windows(current, window_size, stride, time_column, period)
-    reference_counts = _binning.count(bins_, reference)[:, 0]
+    reference_counts = jnp.asarray(bins_.reference_counts, jnp.int32)
     window_counts = _count_windows(bins_, current, windows, progress)
     a = _windows.references(window_counts, reference_mode, reference_counts, k=k, half_life=half_life)
     b = jnp.asarray(window_counts, jnp.float32)

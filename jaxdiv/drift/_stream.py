@@ -93,7 +93,8 @@ class Monitor:
 
     Args:
       bins: bins fitted on the reference.
-      reference: the reference table (or its ``[F, B]`` counts).
+      reference: the reference table, or its ``[F, B]`` counts (default: the
+        counts of the table the bins were fitted on).
       statistic: the divergence scored per window (any of :data:`STATISTICS`).
       history: how many closed windows the state keeps.
       reference_mode: ``"fixed"`` (the reference) or ``"rolling"`` (the sum of the
@@ -122,7 +123,7 @@ class Monitor:
       5 True
     """
 
-    def __init__(self, bins: _binning.Bins, reference, *, statistic: str = "js",
+    def __init__(self, bins: _binning.Bins, reference=None, *, statistic: str = "js",
                  history: int = 16, reference_mode: str = "fixed", eps: float = 0.5,
                  detector: Optional[Detector] = None):
         _statistics.check_names(statistic)
@@ -131,7 +132,9 @@ class Monitor:
         if not (isinstance(history, int) and history >= 1):
             raise ValueError(f"history must be a positive integer, got {history!r}.")
         self.bins = bins
-        if isinstance(reference, (np.ndarray, jax.Array)) and np.ndim(reference) == 2 \
+        if reference is None:
+            counts = jnp.asarray(bins.reference_counts, jnp.float32)
+        elif isinstance(reference, (np.ndarray, jax.Array)) and np.ndim(reference) == 2 \
                 and np.shape(reference) == (len(bins.columns), bins.num_bins):
             counts = jnp.asarray(reference, jnp.float32)
         else:
@@ -148,13 +151,28 @@ class Monitor:
         self._centres = jnp.asarray(bins.centres)
         self._buffers = {}
 
-    def init(self) -> State:
-        """A state with the reference counts and nothing seen yet."""
+    def init(self, mesh=None, axis: str = "features") -> State:
+        """A state with the reference counts and nothing seen yet.
+
+        With a ``jax.sharding.Mesh``, every per-feature array is sharded over
+        its ``axis``: feed :meth:`update` batches sharded as
+        ``PartitionSpec(None, axis)`` and each device counts and scores its own
+        features, with no collective in the compiled update or window close.
+        """
         f, b = self.reference_counts.shape
         zeros = jnp.zeros((f,), jnp.float32)
-        return State(self.reference_counts, jnp.zeros((self.history, f, b), jnp.float32),
-                     jnp.zeros((f, b), jnp.float32), jnp.zeros((), jnp.int32),
-                     zeros, zeros, zeros, zeros, zeros)
+        state = State(self.reference_counts, jnp.zeros((self.history, f, b), jnp.float32),
+                      jnp.zeros((f, b), jnp.float32), jnp.zeros((), jnp.int32),
+                      zeros, zeros, zeros, zeros, zeros)
+        if mesh is None:
+            return state
+        from jax.sharding import NamedSharding, PartitionSpec as P
+
+        if axis not in mesh.axis_names:
+            raise ValueError(f"axis {axis!r} names no axis of the mesh {mesh.axis_names}.")
+        specs = State(P(axis), P(None, axis), P(axis), P(), P(axis), P(axis), P(axis), P(axis), P(axis))
+        return jax.tree.map(lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec)), state, specs,
+                            is_leaf=lambda x: isinstance(x, P))
 
     def update(self, state: State, x) -> State:
         """Add the counts of a batch ``x`` (``[rows, features]``, from :meth:`Bins.encode`).
