@@ -72,3 +72,21 @@ def test_tensor_parallel_lm_follows_the_single_device_run():
     assert result.returncode == 0, result.stderr[-3000:]
     worst, first, last = map(float, result.stdout.split())
     assert worst < 1e-5 and last < first
+
+
+def test_drift_car_loan_alerts_only_where_the_drift_is():
+    # NannyML documents drift in the second half of the analysis period (chunks 5-9).
+    from examples import drift_car_loan
+
+    report = drift_car_loan.main([])
+    assert {w for _, w in report.drifted} == {5, 6, 7, 8, 9}
+    assert {f for f, _ in report.drifted} == {"car_value", "salary_range", "loan_length",
+                                              "repaid_loan_on_prev_car"}
+
+
+def test_latency_anomaly_alarms_in_the_incident():
+    from examples import latency_anomaly
+
+    alarms, flagged, incident = latency_anomaly.main(["--seed", "1"])
+    assert incident[0] in alarms and all(incident[0] <= a < incident[1] + 2 for a in alarms)
+    assert flagged == list(range(*incident))

@@ -71,8 +71,10 @@ def _combine(p, method, axis):
     p = jnp.clip(jnp.asarray(p), jnp.finfo(jnp.result_type(p, jnp.float32)).tiny, 1.0)
     m = p.size if axis is None else p.shape[axis]
     if method == "fisher":
-        return chi2_sf(-2.0 * jnp.log(p).sum(axis), jnp.asarray(2 * m))
+        combined = chi2_sf(-2.0 * jnp.log(p).sum(axis), jnp.asarray(2 * m))
+        return jnp.maximum(combined, jnp.finfo(combined.dtype).tiny)     # never 0
     # tan((1/2 - p) pi) = 1 / tan(p pi): accurate for tiny p, where the first overflows.
     t = jnp.mean(jnp.where(p < 1e-8, 1.0 / (p * jnp.pi), jnp.tan((0.5 - p) * jnp.pi)), axis)
     # P(C > t) for a standard Cauchy C; for large t, 1 / (pi t) keeps relative accuracy.
-    return jnp.where(t > 1e8, 1.0 / (jnp.pi * t), 0.5 - jnp.arctan(t) / jnp.pi)
+    combined = jnp.where(t > 1e8, 1.0 / (jnp.pi * t), 0.5 - jnp.arctan(t) / jnp.pi)
+    return jnp.maximum(combined, jnp.finfo(combined.dtype).tiny)     # never 0

@@ -14,7 +14,9 @@ Asymptotic laws, with :math:`k` the bins taking part minus one and
 ``tv`` and ``wasserstein`` have no such law: use the bootstrap. The bootstrap
 draws both histograms from the pooled one (multinomial, the null of one common
 distribution), so a resample costs O(bins) whatever the rows, and reports
-:math:`(1 + \#\{T^* \ge T\}) / (1 + R)`: never 0.
+:math:`(1 + \#\{T^* \ge T\}) / (1 + R)`: never 0. An asymptotic p-value
+below the smallest normal number of the dtype (``1.2e-38`` in float32) is
+reported as that number, never 0.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ def asymptotic(name, value, n_a, n_b, df):
             name, value = ("js" if name == "js_distance" else "hellinger_squared"), value**2
         scale = _CHI2_SCALE[name]
         p = chi2_sf(value if scale is None else scale * n_e * value, df)
+    # Never 0: a p-value below the dtype's smallest normal number is reported as that number.
+    p = jnp.maximum(p, jnp.finfo(p.dtype).tiny)
     return jnp.where((n_a == 0) | (n_b == 0) | (value <= 0), 1.0, p)
 
 

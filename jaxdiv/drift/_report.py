@@ -330,13 +330,16 @@ def _evaluate(a, b, own, optional, ordered, centres, eps, *, names, test, method
 
 
 def _effective_level(p, flagged, alpha, correction):
-    """The raw p-value below which a row is flagged under the correction."""
-    m = max(p.size, 1)
+    """The raw p-value below which a row is flagged, given how many the correction flagged."""
+    m, k = max(p.size, 1), int(flagged.sum())
     if correction == "none":
         return alpha
-    if flagged.any():
-        return float(p[flagged].max())
-    return alpha / m
+    if correction == "bonferroni":
+        return alpha / m
+    if correction == "holm":
+        return alpha / max(m - k, 1)
+    c = float(np.sum(1.0 / np.arange(1, m + 1))) if correction == "by" else 1.0
+    return alpha * max(k, 1) / (m * c)
 
 
 @functools.partial(jax.jit, static_argnames=("test",))

@@ -14,10 +14,13 @@ with a divergence and feeds the detectors, per feature:
 
 :meth:`Monitor.calibrate` fixes :math:`\mu_0`, :math:`k = \sigma_0 / 2`,
 :math:`\delta` and the thresholds :math:`h`, :math:`\lambda` by simulation under
-no drift: windows of the given size drawn from the reference's own histogram
-(multinomial), their divergences, then many detector runs over those values,
-vmapped; the thresholds are those whose average run length between false
-alarms is the requested ``arl`` windows.
+no drift: many runs, each drawing a reference of the reference's size and then
+windows of the given size from the reference's own histogram (multinomial),
+feed the detectors for a grid of thresholds at once; the thresholds are those
+whose average run length between false alarms is the requested ``arl``
+windows. A reference is a sample: its own noise biases every window's
+divergence the same way for the whole run, which CUSUM accumulates, so the
+simulation keeps it.
 """
 
 from __future__ import annotations
@@ -267,37 +270,43 @@ def _detect(d: Detector, carry, x, seen):
     return _Step(s, c_alarm), _Step(gap, p_alarm, ph)
 
 
-def null_divergences(score, reference_counts, window: int, simulations: int, key):
-    """``[simulations, F]`` divergences of windows drawn from the reference's histogram."""
+def _share(reference_counts):
     ref = jnp.asarray(reference_counts, jnp.float32)
-    share = ref / jnp.maximum(ref.sum(-1, keepdims=True), 1.0)
-    draws = jax.random.multinomial(key, float(window), share, shape=(simulations,) + ref.shape)
-    return score(ref, draws)
+    return ref / jnp.maximum(ref.sum(-1, keepdims=True), 1.0)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2, 3, 4, 5))
 def _calibrate(score, reference_counts, window, simulations, runs, arl, key):
-    k_null, k_runs = jax.random.split(key)
-    null = null_divergences(score, reference_counts, window, simulations, k_null)    # [S, F]
+    # The reference is a sample too: each simulated run draws its own reference of
+    # the same size (fixed for the whole run, as in the stream), then its windows.
+    # Scoring against the observed reference as if it were the truth would miss the
+    # bias a fixed, noisy reference puts into every window, which CUSUM accumulates.
+    k_ref, k_pool, k_runs = jax.random.split(key, 3)
+    share = _share(reference_counts)
+    size = jnp.round(jnp.asarray(reference_counts, jnp.float32).sum(-1))
+    refs = jax.random.multinomial(k_ref, size, share, shape=(runs,) + share.shape)           # [R, F, B]
+    pool = jax.random.multinomial(k_pool, float(window), share, shape=(simulations,) + share.shape)
+    null = score(refs[jnp.arange(simulations) % runs], pool)                                  # [S, F]
     mu0, sigma0 = null.mean(0), null.std(0)
     steps = int(4 * arl)
     # Thresholds on a geometric grid in units of sigma0; the run length is read off
     # by renewal (steps / alarms, restarting after each alarm), then interpolated.
     grid = jnp.geomspace(0.05, 200.0, 32)
     f = null.shape[1]
-    draw = jax.random.randint(k_runs, (steps, runs, f), 0, null.shape[0])
-    xs = jnp.take_along_axis(null, draw.reshape(steps * runs, f), 0).reshape(steps, runs, f)
+    draws = jax.random.randint(k_runs, (steps, runs, f), 0, simulations)
+    feature = jnp.arange(f)
     h = grid[:, None, None] * jnp.maximum(sigma0, 1e-12)                  # [G, 1, F]
     d = Detector(mu0, 0.5 * sigma0, h, 0.5 * sigma0, h)
     zeros = jnp.zeros((grid.size, runs, f))
 
-    def step(carry, x):
+    def step(carry, draw):
         c, ph, alarms = carry
+        x = score(refs, pool[draw, feature])                                 # [R, F]
         cu, p = _detect(d, (c,) + ph, x, jnp.ones_like(c, bool))
         return (cu.value, p.sums, alarms + jnp.stack([cu.alarm, p.alarm])), None
 
     init = (zeros, (zeros, zeros, zeros, zeros), jnp.zeros((2,) + zeros.shape))
-    (_, _, alarms), _ = jax.lax.scan(step, init, xs)
+    (_, _, alarms), _ = jax.lax.scan(step, init, draws)
     run_length = steps * runs / jnp.maximum(alarms.sum(2), 0.5)           # [2, G, F]
     # The smallest threshold whose run length reaches arl (log-linear between grid points).
     log_rl = jnp.log(run_length)
