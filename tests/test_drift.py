@@ -1,10 +1,8 @@
 """jaxdiv.drift against independent float64 references (SciPy, NumPy loops) and the null law."""
 
-import io
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import jax

@@ -13,7 +13,6 @@ counts. A side with no rows gives 0 for every statistic.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from jaxdiv import probs
