@@ -117,6 +117,18 @@ def test_empty_bins_never_give_inf_or_nan():
         assert v[1] == 0.0, name            # an empty side: nothing to compare
 
 
+def test_invalid_counts_give_nan_never_a_number():
+    b = jnp.array([3.0, 4.0, 2.0])
+    for bad in ([-1.0, 5.0, 3.0], [np.nan, 5.0, 3.0], [np.inf, 5.0, 3.0]):
+        for name in drift.STATISTICS:
+            assert np.isnan(float(drift.statistic(name, jnp.array(bad), b))), (name, bad)
+            assert np.isnan(float(drift.statistic(name, b, jnp.array(bad)))), (name, bad)
+    ones = jnp.ones((1, 3), bool)
+    p = drift.bootstrap_p_value(jax.random.key(0), "tv", jnp.array([[-1.0, 5.0, 3.0]]), b[None], ones, ones,
+                                True, jnp.arange(3.0), 0.5, resamples=99)
+    assert np.isnan(float(p[0]))
+
+
 def test_chi2_and_g_p_values_match_scipy(x64, rng):
     a, b = _counts(rng, (4, 6), zeros=False), _counts(rng, (4, 6), zeros=False)
     b[1] = a[1] * 2                         # no drift at all in row 1
@@ -464,3 +476,18 @@ print("collectives", [op for op in ("all-gather", "all-reduce", "all-to-all", "c
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "collectives []" in out.stdout, out.stdout
+
+
+def test_cauchy_combination_near_one_and_with_empty_windows():
+    assert float(drift.combine(np.array([1.0]), "cauchy")) > 0.99
+    assert float(drift.combine(np.array([1.0, 1.0, 0.999]), "cauchy")) > 0.99
+    # An empty window (p = 1) does not hide a strong signal elsewhere.
+    assert float(drift.combine(np.array([1.0, 1e-20]), "cauchy")) < 1e-15
+
+
+def test_unseen_values_only_are_not_zero_drift():
+    ref = {"a": np.array([1.0, 2.0, 3.0] * 10)}
+    cur = {"a": np.array([7.0, 8.0] * 10)}
+    report = drift.drift_report(ref, cur, statistics=("ks", "wasserstein", "tv"))
+    # No shared value: the raw total variation, 1 (the smoothed tv is a little less).
+    assert report.columns["ks"][0] == pytest.approx(1.0) and report.columns["wasserstein"][0] == pytest.approx(1.0)

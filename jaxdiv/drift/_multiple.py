@@ -73,8 +73,13 @@ def _combine(p, method, axis):
     if method == "fisher":
         combined = chi2_sf(-2.0 * jnp.log(p).sum(axis), jnp.asarray(2 * m))
         return jnp.maximum(combined, jnp.finfo(combined.dtype).tiny)     # never 0
-    # tan((1/2 - p) pi) = 1 / tan(p pi): accurate for tiny p, where the first overflows.
-    t = jnp.mean(jnp.where(p < 1e-8, 1.0 / (p * jnp.pi), jnp.tan((0.5 - p) * jnp.pi)), axis)
+    # tan((1/2 - p) pi) is 1 / tan(p pi) for p <= 1/2 and -1 / tan((1 - p) pi) above:
+    # accurate near 0 and 1, where the first form overflows or takes the wrong sign
+    # (float32 pi / 2 is above pi / 2). A p-value of 1 counts as 1 - 2^-24, so one
+    # empty window does not hide the others (Liu & Xie's ACAT returns 1 there).
+    low = p <= 0.5
+    q = jnp.where(low, p, jnp.maximum(1.0 - p, 2.0**-24))
+    t = jnp.mean(jnp.where(low, 1.0, -1.0) / jnp.tan(q * jnp.pi), axis)
     # P(C > t) for a standard Cauchy C; for large t, 1 / (pi t) keeps relative accuracy.
     combined = jnp.where(t > 1e8, 1.0 / (jnp.pi * t), 0.5 - jnp.arctan(t) / jnp.pi)
     return jnp.maximum(combined, jnp.finfo(combined.dtype).tiny)     # never 0

@@ -96,4 +96,5 @@ def bootstrap(key, name, a, b, bins_in, own, ordered, centres, eps, *, resamples
 
     count = jax.lax.map(exceed, jnp.arange(steps)).sum(0)
     p = (1.0 + count) / (1.0 + resamples)
+    p = jnp.where(jnp.isnan(observed), jnp.nan, p)       # invalid counts: NaN, not 1 / (R + 1)
     return jnp.where((n_a == 0) | (n_b == 0), 1.0, p)

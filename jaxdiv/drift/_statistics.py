@@ -8,7 +8,8 @@ pseudo-count ``eps`` added to every bin of both sides (default ``0.5``, the
 Jeffreys / Krichevsky-Trofimov prior): an empty bin never gives ``inf`` or NaN,
 and no floor such as ``1e-4`` distorts a small value. The tests (``chi2``,
 ``g``) and the distances of ordered bins (``ks``, ``wasserstein``) use the raw
-counts. A side with no rows gives 0 for every statistic.
+counts. A side with no rows gives 0 for every statistic; a negative or NaN
+count makes the statistic NaN.
 """
 
 from __future__ import annotations
@@ -123,6 +124,10 @@ def statistic(name, a, b, bins_in=None, *, own=None, ordered=True, centres=None,
         value = _g(a, b, n_a, n_b, bins_in)
     elif name in ("ks", "wasserstein"):
         gaps = _cumulative_gaps(a, b, own)
+        # A side with all its values outside the ordered bins (unseen values only)
+        # has no distribution function there: compare all bins, as for levels.
+        ordered = ordered & jnp.all(jnp.where(own, a, 0.0).sum(-1, keepdims=True) > 0, -1) \
+            & jnp.all(jnp.where(own, b, 0.0).sum(-1, keepdims=True) > 0, -1)
         if name == "ks":
             ordered_value = gaps.max(-1)
         else:
@@ -133,7 +138,9 @@ def statistic(name, a, b, bins_in=None, *, own=None, ordered=True, centres=None,
         value = jnp.where(ordered, ordered_value, probs.total_variation(a, b, where=bins_in))
     else:
         raise ValueError(f"unknown statistic {name!r}; expected one of {sorted(STATISTICS)}.")
-    return jnp.where(empty, 0.0, value)
+    # A negative or NaN count is invalid input: NaN, never a plausible number.
+    invalid = jnp.any(~(a >= 0) | ~(b >= 0), -1)
+    return jnp.where(invalid, jnp.nan, jnp.where(empty, 0.0, value))
 
 
 def check_names(names) -> tuple:
