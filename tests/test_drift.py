@@ -491,3 +491,30 @@ def test_unseen_values_only_are_not_zero_drift():
     report = drift.drift_report(ref, cur, statistics=("ks", "wasserstein", "tv"))
     # No shared value: the raw total variation, 1 (the smoothed tv is a little less).
     assert report.columns["ks"][0] == pytest.approx(1.0) and report.columns["wasserstein"][0] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("platform", ["cuda", "rocm", "tpu"])
+def test_drift_kernels_lower_for_accelerators(platform):
+    # TESTING.md row 18: counting, every statistic, the p-values, the corrections and the
+    # monitor's update and window close lower for GPU and TPU on this CPU.
+    from jaxdiv.drift import _binning, _multiple, _pvalues, _statistics
+
+    x = jax.ShapeDtypeStruct((4096, 8), jnp.float32)
+    edges = jax.ShapeDtypeStruct((8, 9), jnp.float32)
+    ab = jax.ShapeDtypeStruct((8, 3, 11), jnp.float32)
+    idx = jax.ShapeDtypeStruct((4,), jnp.int32)
+
+    def lower(fn, *args):
+        return jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+
+    lower(lambda x, e, s, n: _binning._block_totals(x, e, s, n, block=1024), x, edges, idx, idx)
+    for name in drift.STATISTICS:
+        lower(lambda a, b, name=name: _statistics.statistic(name, a, b), ab, ab)
+    n = jax.ShapeDtypeStruct((8, 3), jnp.float32)
+    lower(lambda v, na, nb: _pvalues.asymptotic("chi2", v, na, nb, jnp.full(v.shape, 9)), n, n, n)
+    lower(lambda p: _multiple.adjust(p, "holm") + _multiple.combine(p), n)
+    ref = np.random.default_rng(0).normal(size=(500, 8)).astype(np.float32)
+    monitor = drift.Monitor(drift.fit_bins(ref))
+    state = monitor.init()
+    lower(monitor._update, state, x)
+    lower(monitor.close_window, state)
