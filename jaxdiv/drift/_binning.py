@@ -420,8 +420,7 @@ def count(bins: Bins, data, ranges: Optional[np.ndarray] = None, *, progress=Non
     starts = starts[:-1]
     owner = np.searchsorted(np.arange(first, last, slab), starts, side="right") - 1
     edges = jnp.asarray(bins.edges)
-    # Slabs are copied into one reused, 64-byte aligned buffer that XLA reads in place:
-    # fresh host memory is slow to fault in, and an unaligned array would be copied.
+    # Slabs go through one reused host buffer of a fixed shape (one compiled kernel).
     buffer = _scratch("count", (max(slab, block), features))
     totals, slabs = [], -(-(last - first) // slab)
     for k in range(slabs):
@@ -433,7 +432,8 @@ def count(bins: Bins, data, ranges: Optional[np.ndarray] = None, *, progress=Non
         local = np.zeros((2, width), np.int32)
         local[0, : mine.size] = starts[mine] - lo
         local[1, : mine.size] = lengths[mine]
-        out = _block_totals(_in_place(buffer), edges, jnp.asarray(local[0]), jnp.asarray(local[1]),
+        # A copy: XLA may not read a host buffer that is written again afterwards.
+        out = _block_totals(jnp.array(buffer), edges, jnp.asarray(local[0]), jnp.asarray(local[1]),
                             block=block)
         totals.append(np.asarray(out[: mine.size]))          # waits: the buffer is reused next
         if progress is not None:
@@ -450,7 +450,7 @@ _SCRATCH_KEPT = 1 << 28     # bytes kept between calls, per use
 
 
 def _scratch(use: str, shape) -> np.ndarray:
-    """A float32 aligned buffer reused across calls (up to 256 MiB per use).
+    """A float32 host buffer reused across calls (up to 256 MiB per use).
 
     Fresh host memory has to be faulted in page by page, which costs more than
     the counting itself on some machines; a monitor calls the same sizes again.
@@ -469,14 +469,6 @@ def _aligned_empty(shape, dtype=np.float32, align: int = 64) -> np.ndarray:
     raw = np.empty(size + align, np.uint8)
     offset = (-raw.ctypes.data) % align
     return raw[offset:offset + size].view(dtype).reshape(shape)
-
-
-def _in_place(x: np.ndarray) -> jax.Array:
-    """A device array over the host buffer ``x`` without a copy where the backend allows."""
-    try:
-        return jax.device_put(x, may_alias=True)
-    except TypeError:            # jax without may_alias
-        return jnp.asarray(x)
 
 
 def _block_size(pieces: np.ndarray, rows: int) -> int:

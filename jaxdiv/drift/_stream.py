@@ -152,7 +152,6 @@ class Monitor:
         self._optional = jnp.asarray(bins.optional)
         self._ordered = jnp.asarray(bins.ordered)
         self._centres = jnp.asarray(bins.centres)
-        self._buffers = {}
 
     def init(self, mesh=None, axis: str = "features") -> State:
         """A state with the reference counts and nothing seen yet.
@@ -180,20 +179,12 @@ class Monitor:
     def update(self, state: State, x) -> State:
         """Add the counts of a batch ``x`` (``[rows, features]``, from :meth:`Bins.encode`).
 
-        Jittable (``x`` a traced array); called with a NumPy batch it reads the
-        batch through a reused aligned buffer, without allocating per batch.
+        Jittable: ``x`` may be a traced array.
         """
         if np.ndim(x) != 2 or np.shape(x)[1] != len(self.bins.columns):
             raise ValueError(f"expected an encoded batch [rows, {len(self.bins.columns)}], "
                              f"got shape {np.shape(x)}.")
-        if not isinstance(x, np.ndarray):
-            return self._update(state, x)
-        buffer = self._buffers.get(x.shape)
-        if buffer is None:
-            buffer = self._buffers[x.shape] = _binning._aligned_empty(x.shape)
-        buffer[...] = x
-        # Wait before the buffer can be written again.
-        return jax.block_until_ready(self._update(state, _binning._in_place(buffer)))
+        return self._update(state, x)
 
     @functools.partial(jax.jit, static_argnums=0)
     def _update(self, state: State, x) -> State:
