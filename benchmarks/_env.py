@@ -16,9 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".venv"
-# Not the `drift` extra: with pandas 3 and pyarrow loaded into a test worker, XLA's compiler
-# segfaulted in three fresh-clone runs (the worker had pyarrow loaded each time we could see).
-EXTRAS = "test,bench,examples"
+EXTRAS = "test,bench,examples,drift"
 
 
 def _venv_python() -> Path:

@@ -1,7 +1,11 @@
+from pathlib import Path
+
 import hypothesis
 import jax
 import numpy as np
 import pytest
+
+from jaxdiv import _dispatch
 
 hypothesis.settings.register_profile(
     "jaxdiv", derandomize=True, deadline=None, max_examples=40, print_blob=True
@@ -20,3 +24,21 @@ def x64():
     with jax.enable_x64(True):
         yield
 
+
+
+_MAPS = Path("/proc/self/maps")
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_programs():
+    """Free the compiled programs once a worker holds many of them.
+
+    XLA:CPU maps each kernel of a compiled program into memory separately, and
+    JAX keeps every program it compiled: a test worker reached ~50,000 memory
+    maps in two modules, and a compile past Linux's default limit (65530)
+    segfaults. Clearing only then keeps the programs shared between tests.
+    """
+    yield
+    if _MAPS.exists() and sum(1 for _ in _MAPS.open()) > 20_000:
+        jax.clear_caches()
+        _dispatch._compiled.cache_clear()
