@@ -175,9 +175,9 @@ def measure(devices: int) -> dict:
             if grad_only and devices == 8:
                 continue   # the rest of the API is checked on 1 and 4 devices, to keep the suite short
             grad = jax.value_and_grad(lambda *a, fn=fn: jnp.sum(fn(*a)), argnums=argnums)
-            # value+grad only on the vocabulary mesh and for the rest of the API: its
-            # compile holds the forward computation too
-            short = grad_only or model is not None
+            # value+grad only on the vocabulary mesh, on 8 devices and for the rest of
+            # the API: its compile holds the forward computation too
+            short = grad_only or model is not None or devices == 8
             kinds = (("value+grad", grad),) if short else (("forward", fn), ("value+grad", grad))
             for kind, program in kinds:
                 args = [spec(mesh, model, *i) for i in inputs]

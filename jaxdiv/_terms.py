@@ -336,23 +336,27 @@ def renyi_from_total(total: Array, log_p_fn, log_q_fn, alpha: Array) -> Array:
         both = recompute[..., None] & has_p & has_q
         # Q_i = 0 < P_i: the value is +inf for a > 1 (a locally constant one).
         structural = _any(has_p & ~has_q) & (h > 0)
-        # log(P^a Q^(1-a)) = log P + (a - 1)(log P - log Q): for log-probabilities
-        # near the float32 limit this overflows to +-inf, never to inf - inf = NaN.
+        # D_a = logsumexp(h g) / h with g = log P / h + (log P - log Q), taken on
+        # D's own scale: a value that fits in float32 survives even where
+        # h g = log(P^a Q^(1-a)) overflows (log P - log Q never does: both are <= 0).
         lp, lq = jnp.where(both, log_p, 0.0), jnp.where(both, log_q, 0.0)
-        e = lp + h * (lp - lq)
-        # A term that overflows makes the sum (and the value, for a > 1) +inf.
-        infinite = _any(both & (e == jnp.inf))
-        used = both & ~infinite[..., None]
-        e = jnp.where(used, e, 0.0)
+        safe_h = jnp.where(h == 0, 1.0, h)
+        g = lp / safe_h + (lp - lq)
+        # g = +inf: for a > 1 the value overflows too (D_a >= max g); for a < 1
+        # that term adds nothing (h g = -inf), as g = -inf does for a > 1.
+        infinite = _any(both & (g == jnp.inf)) & (h > 0)
+        used = both & jnp.isfinite(g) & ~infinite[..., None]
         overlap = _any(used)
-        # the shift cancels from the value: no derivative through it (nor through a pmax)
-        shift = row_max(jax.lax.stop_gradient(jnp.where(used, e, -jnp.inf)))
+        # h g is largest at the largest g for a > 1 and at the smallest for a < 1;
+        # the shift cancels from the value: no derivative through it (nor a pmax).
+        g_stop = jax.lax.stop_gradient(g)
+        shift = jnp.where(h > 0, row_max(jnp.where(used, g_stop, -jnp.inf)),
+                          -row_max(jnp.where(used, -g_stop, -jnp.inf)))
         shift = jnp.where(overlap, shift, 0.0)
-        total_e = row_sum(jnp.where(used, jnp.exp(e - shift[..., None]), 0.0))
+        total_e = row_sum(jnp.where(used, jnp.exp(h * (jnp.where(used, g, 0.0) - shift[..., None])), 0.0))
         # No overlap: sum P^a Q^(1-a) = 0, so D_a = +inf for every order.
-        lse = jnp.where(overlap, shift + jnp.log(jnp.where(overlap, total_e, 1.0)), -jnp.inf)
-        lse = jnp.where(infinite, jnp.inf, lse)
-        scaled = lse / jnp.where(h == 0, 1.0, h)
+        scaled = jnp.where(overlap, shift + jnp.log(jnp.where(overlap, total_e, 1.0)) / safe_h, jnp.inf)
+        scaled = jnp.where(infinite, jnp.inf, scaled)
         # (At a = 1 an infinite value is KL's own +inf.)
         return jnp.where(recompute, jnp.where(structural, jnp.inf, scaled), value)
 

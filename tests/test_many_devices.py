@@ -1,5 +1,6 @@
 """Data parallelism without gathering: every public kernel, loss and fused head,
-forward and value+grad, compiled with its batch sharded over 4 and 8 host devices.
+forward and value+grad, compiled with its batch sharded over 4 host devices
+(value+grad, which holds the forward, over 8).
 
 Each device count runs in its own process (``tests/many_devices.py``), so the
 count does not leak into the rest of the suite; the three run at once.

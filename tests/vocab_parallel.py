@@ -104,49 +104,44 @@ def compare(dtype_name: str, forward_mode: bool = True) -> list:
         if not ok.all():
             bad.append((dtype_name, name, what, float(np.max(np.abs(got - want)[~ok]))))
 
+    direction = np.cos(np.arange(q.size, dtype=dtype)).reshape(q.shape)
+
+    def local_direction():
+        r = jax.lax.axis_index("data") * (q.shape[0] // 2)
+        c = jax.lax.axis_index("model") * (q.shape[1] // 2)
+        return jax.lax.dynamic_slice(jnp.asarray(direction), (r, c), (q.shape[0] // 2, q.shape[1] // 2))
+
+    def evaluate(fn, argnums, ax, p_, q_, y_, m_):
+        """Values, reverse-mode gradients of the finite total and (if asked) the
+        forward-mode derivative along ``direction`` of q: one program per side
+        (separate programs would compile the forward three times)."""
+        def total(*a):
+            v = fn(*a, ax)
+            s = jnp.where(jnp.isfinite(v), v, 0.0).sum()
+            return (s if ax is None else jax.lax.psum(s, "data")), v
+
+        grads, values = jax.grad(total, argnums, has_aux=True)(p_, q_, y_, m_)
+        if not forward_mode:
+            return values, grads
+        d = jnp.asarray(direction) if ax is None else local_direction()
+        return values, grads, jax.jvp(lambda z: fn(p_, z, y_, m_, ax), (q_,), (d,))[1]
+
     for name, fn in cases().items():
         soft = name.endswith(" soft")
         a = p if not soft else np.asarray(jax.nn.softmax(np.clip(np.nan_to_num(p, nan=0.0), -50, 50), axis=-1))
-        want = fn(a, q, labels, mask, None)
-        split = jax.jit(jax.shard_map(lambda *x, fn=fn: fn(*x, "model"), mesh=mesh, in_specs=specs,
-                                      out_specs=P("data")))
-        close(name, "value", split(a, q, labels, mask), want, 1.0)
-
-        def total(p_, q_, y_, m_, ax, fn=fn):
-            v = fn(p_, q_, y_, m_, ax)
-            v = jnp.where(jnp.isfinite(v), v, 0.0).sum()
-            return v if ax is None else jax.lax.psum(v, "data")
-
         argnums = (1,) if soft else (0, 1)
-        want_g = jax.grad(total, argnums)(a, q, labels, mask, None)
-        got_g = jax.jit(jax.shard_map(
-            jax.grad(lambda *x, total=total: total(*x, "model"), argnums), mesh=mesh, in_specs=specs,
-            out_specs=(rows,) * len(argnums)))(a, q, labels, mask)
-        for i, (g, w) in enumerate(zip(got_g, want_g)):
+        want = jax.jit(lambda *x, fn=fn, argnums=argnums: evaluate(fn, argnums, None, *x))(a, q, labels, mask)
+        got = jax.jit(jax.shard_map(
+            lambda *x, fn=fn, argnums=argnums: evaluate(fn, argnums, "model", *x), mesh=mesh,
+            in_specs=specs, out_specs=(P("data"), (rows,) * len(argnums), P("data"))[:len(want)]))(
+            a, q, labels, mask)
+        close(name, "value", got[0], want[0], 1.0)
+        for i, (g, w) in enumerate(zip(got[1], want[1])):
             close(name, f"grad {argnums[i]}", g, w, float(np.nanmax(np.abs(w), initial=1.0)))
-
-        if not forward_mode:
-            continue
-        # forward mode: the directional derivative along a fixed direction of q
-        direction = np.cos(np.arange(q.size, dtype=dtype)).reshape(q.shape)
-
-        def along(p_, q_, y_, m_, ax, fn=fn):
-            return jax.jvp(lambda z: fn(p_, z, y_, m_, ax), (q_,), (direction_of(q_),))[1]
-
-        def direction_of(q_):
-            return jnp.asarray(direction) if q_.shape == q.shape else local_direction()
-
-        def local_direction():
-            r = jax.lax.axis_index("data") * (q.shape[0] // 2)
-            c = jax.lax.axis_index("model") * (q.shape[1] // 2)
-            return jax.lax.dynamic_slice(jnp.asarray(direction), (r, c), (q.shape[0] // 2, q.shape[1] // 2))
-
-        want_t = along(a, q, labels, mask, None)
-        got_t = jax.jit(jax.shard_map(lambda *x: along(*x, "model"), mesh=mesh, in_specs=specs,
-                                      out_specs=P("data")))(a, q, labels, mask)
-        finite = np.isfinite(np.asarray(want))
-        close(name, "jvp", np.where(finite, got_t, 0.0), np.where(finite, want_t, 0.0),
-              float(np.nanmax(np.abs(np.where(finite, want_t, 0.0)), initial=1.0)))
+        if forward_mode:
+            finite = np.isfinite(np.asarray(want[0]))
+            close(name, "jvp", np.where(finite, got[2], 0.0), np.where(finite, want[2], 0.0),
+                  float(np.nanmax(np.abs(np.where(finite, want[2], 0.0)), initial=1.0)))
     return bad
 
 
