@@ -25,7 +25,6 @@ def x64():
         yield
 
 
-
 _MAPS = Path("/proc/self/maps")
 
 
