@@ -199,12 +199,22 @@ def kernel_profile(text: str) -> dict:
 # ------------------------------------------------------------------ kernels
 
 
-def _kernels():
-    """name -> (function, argument kinds: "x" a [rows, classes] array, "y" integer labels)."""
+def _kernels(implementation: str = "xla"):
+    """name -> (function, argument kinds: "x" a [rows, classes] array, "y" integer labels).
+
+    ``implementation`` goes to the functions that take it (see ``PALLAS``).
+    """
+    import functools
+
     import jax
 
     import jaxdiv
     from jaxdiv import losses, probs
+
+    kl, xent, label_xent, entropy = (
+        functools.partial(f, implementation=implementation)
+        for f in (jaxdiv.kl_divergence, jaxdiv.cross_entropy,
+                  jaxdiv.cross_entropy_with_integer_labels, jaxdiv.entropy))
 
     def fwd(f):
         return lambda p, q: f(p, q)
@@ -214,15 +224,15 @@ def _kernels():
 
     sce = lambda p, y: losses.softmax_cross_entropy(p, y, label_smoothing=0.1, z_loss=1e-4)  # noqa: E731
     return {
-        "kl forward": (fwd(jaxdiv.kl_divergence), "xx"),
-        "kl value+grad (p, q)": (vg(jaxdiv.kl_divergence), "xx"),
-        "kl value+grad (p)": (vg(jaxdiv.kl_divergence, 0), "xx"),
-        "cross_entropy forward": (fwd(jaxdiv.cross_entropy), "xx"),
-        "cross_entropy value+grad (q)": (vg(jaxdiv.cross_entropy, 1), "xx"),
-        "integer-label CE forward": (fwd(jaxdiv.cross_entropy_with_integer_labels), "xy"),
-        "integer-label CE value+grad": (vg(jaxdiv.cross_entropy_with_integer_labels, 0), "xy"),
-        "entropy forward": (jaxdiv.entropy, "x"),
-        "entropy value+grad": (vg(jaxdiv.entropy, 0), "x"),
+        "kl forward": (fwd(kl), "xx"),
+        "kl value+grad (p, q)": (vg(kl), "xx"),
+        "kl value+grad (p)": (vg(kl, 0), "xx"),
+        "cross_entropy forward": (fwd(xent), "xx"),
+        "cross_entropy value+grad (q)": (vg(xent, 1), "xx"),
+        "integer-label CE forward": (fwd(label_xent), "xy"),
+        "integer-label CE value+grad": (vg(label_xent, 0), "xy"),
+        "entropy forward": (entropy, "x"),
+        "entropy value+grad": (vg(entropy, 0), "x"),
         "js forward": (fwd(jaxdiv.js_divergence), "xx"),
         "js value+grad (p)": (vg(jaxdiv.js_divergence, 0), "xx"),
         "total_variation forward": (fwd(jaxdiv.total_variation), "xx"),
@@ -232,6 +242,12 @@ def _kernels():
         "softmax_cross_entropy value+grad": (vg(sce, 0), "xy"),
         "distillation_loss value+grad (student)": (vg(losses.distillation_loss, 0), "xx"),
     }
+
+
+# The kernels with a one-pass Pallas implementation (implementation="pallas").
+PALLAS = {"kl forward", "kl value+grad (p, q)", "kl value+grad (p)", "cross_entropy forward",
+          "cross_entropy value+grad (q)", "integer-label CE forward",
+          "integer-label CE value+grad", "entropy forward", "entropy value+grad"}
 
 
 def _linear_kernels():
@@ -344,9 +360,14 @@ def run(kernels=None, dtype="float32", branches=("accelerator", "cpu")) -> list[
                 args = _args(kinds, size, dt, sharding)
                 input_bytes = args[0].size * dt.itemsize
             for branch in branches:
+                if branch == "pallas" and name not in PALLAS:
+                    continue
                 jax.clear_caches()   # traces are cached regardless of the forced branch
-                with _numerics.forced_branch(branch) if branch else contextlib.nullcontext():
-                    result = _compile_one(fn, args)
+                if branch == "pallas":
+                    result = _compile_one(_kernels("pallas")[name][0], args)
+                else:
+                    with _numerics.forced_branch(branch) if branch else contextlib.nullcontext():
+                        result = _compile_one(fn, args)
                 outs = result.pop("outs")
                 row = {"target": target, "kernel": name, "branch": branch,
                        "shape": "x".join(map(str, size)), "dtype": dtype, **result}
@@ -358,7 +379,8 @@ def run(kernels=None, dtype="float32", branches=("accelerator", "cpu")) -> list[
     return rows
 
 
-_BRANCH_NAMES = {"accelerator": "0.3 (whole-array)", "cpu": "0.2 (row blocks)", None: "default"}
+_BRANCH_NAMES = {"accelerator": "0.3 (whole-array)", "cpu": "0.2 (row blocks)",
+                 "pallas": "Pallas (one pass)", None: "default"}
 
 
 def sharded_on_tpu(rows: int = 1024, classes: int = 32000) -> str:
@@ -428,7 +450,7 @@ def main(argv) -> None:
     args = parser.parse_args(argv)
     import jax
 
-    branches = ("accelerator",) if args.only_new else ("accelerator", "cpu")
+    branches = ("accelerator", "pallas") if args.only_new else ("accelerator", "pallas", "cpu")
     print(f"jax {jax.__version__}; H100 at {TARGETS['H100']['size']}, TPU v5e at "
           f"{TARGETS['TPU v5e']['size']} ({args.dtype}); fused heads at tokens x hidden x vocab "
           f"{TARGETS['H100']['linear']} / {TARGETS['TPU v5e']['linear']}", flush=True)

@@ -89,3 +89,8 @@ def eager_jit(fn):
         return compiled(*(v for static, v in classified if not static))
 
     return wrapper
+
+
+def clear_compiled() -> None:
+    """Forget the eager programs (after a test switch changed what a function traces)."""
+    _compiled.cache_clear()

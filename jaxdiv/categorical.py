@@ -35,7 +35,9 @@ from jax.custom_derivatives import SymbolicZero
 
 from jaxdiv import _checks
 from jaxdiv._dispatch import eager_jit
+from jaxdiv import _online
 from jaxdiv._labels import label_stats
+from jaxdiv._pallas import RowPass, choose, row_pass
 from jaxdiv._numerics import (
     LogRatio,
     finite_or_zero,
@@ -119,14 +121,8 @@ def _scaled_kl_value(p: Array, q: Array, scale: Optional[Array], valid: Optional
     return _tempered_stats(p, q, scale, valid).kl
 
 
-# Closed forms: dKL/dq = Q - P, dKL/dp = -P (log Q - log P + KL); autodiff through
-# the branches of log_ratio would be slower and leaks NaN at -inf.
-def _kl_jvp(primals, tangents):
-    p_raw, q_raw, scale, valid = primals
-    p_raw, q_raw = promote(p_raw), promote(q_raw)
-    dp, dq, dscale = tangents[:3]
-    stats = row_stats(_tempered_stats(p_raw, q_raw, scale, valid))
-    p, q = _tempered(p_raw, scale, valid), _tempered(q_raw, scale, valid)
+def _kl_coefficients(p: Array, q: Array, stats) -> tuple[Array, Array]:
+    """``(dKL/dp, dKL/dq)`` from the row statistics of :func:`log_ratio` (or the one-pass kernel's)."""
     # P is formed twice, as exp(p - lse) and exp(p + (-lse)), so that XLA does not
     # share it between the two gradients: one exp more per class beats
     # materialising P as a [..., C] temporary.
@@ -141,6 +137,18 @@ def _kl_jvp(primals, tangents):
     coef_p = jnp.where(read & finite, -probs_p_own * (log_q_over_p + kl), 0.0)
     # d/dq of sum(P) lse(q) - <P, q>: Q - P, and 0 where P has no mass.
     coef_q = jnp.where(_has_mass(stats.lse_p), _softmax(q, stats.lse_q) - probs_p, 0.0)
+    return coef_p, coef_q
+
+
+# Closed forms: dKL/dq = Q - P, dKL/dp = -P (log Q - log P + KL); autodiff through
+# the branches of log_ratio would be slower and leaks NaN at -inf.
+def _kl_jvp(primals, tangents):
+    p_raw, q_raw, scale, valid = primals
+    p_raw, q_raw = promote(p_raw), promote(q_raw)
+    dp, dq, dscale = tangents[:3]
+    stats = row_stats(_tempered_stats(p_raw, q_raw, scale, valid))
+    p, q = _tempered(p_raw, scale, valid), _tempered(q_raw, scale, valid)
+    coef_p, coef_q = _kl_coefficients(p, q, stats)
     tangent = _inner(coef_p, dp) + _inner(coef_q, dq)
     if scale is None:
         return stats.kl, tangent
@@ -212,17 +220,21 @@ def _cross_entropy_value(p: Array, q: Array) -> Array:
     return map_rows(_xent_rows, p, q).value
 
 
-# Closed forms: dH(P,Q)/dq = Q - P, dH(P,Q)/dp = P (-log Q - H(P,Q)).
-def _cross_entropy_jvp(primals, tangents):
-    p, q = primals
-    dp, dq = tangents
-    stats = row_stats(map_rows(_xent_rows, p, q))
-    p, q = promote(p), promote(q)
+def _xent_coefficients(p: Array, q: Array, stats: _XentStats) -> tuple[Array, Array]:
     read = support(_softmax(p, stats.lse_p)) & (q > -jnp.inf)
     coef_p = _xent_coef_p(p, stats.lse_q[..., None] - jnp.where(read, q, 0.0), stats, read)
     coef_q = jnp.where(
         _has_mass(stats.lse_p), _softmax(q, stats.lse_q) - _softmax(p, stats.lse_p), 0.0
     )
+    return coef_p, coef_q
+
+
+# Closed forms: dH(P,Q)/dq = Q - P, dH(P,Q)/dp = P (-log Q - H(P,Q)).
+def _cross_entropy_jvp(primals, tangents):
+    p, q = primals
+    dp, dq = tangents
+    stats = row_stats(map_rows(_xent_rows, p, q))
+    coef_p, coef_q = _xent_coefficients(promote(p), promote(q), stats)
     return stats.value, _inner(coef_p, dp) + _inner(coef_q, dq)
 
 
@@ -233,17 +245,92 @@ def _entropy_value(p: Array) -> Array:
     return map_rows(lambda x: _xent_rows(x, x), p).value
 
 
+def _entropy_coefficient(p: Array, stats: _XentStats) -> Array:
+    read = support(_softmax(p, stats.lse_p))
+    return _xent_coef_p(p, stats.lse_p[..., None] - jnp.where(read, p, 0.0), stats, read)
+
+
 # Closed form: dH/dp = P (-log P - H); autodiff would read log P at P = 0.
 def _entropy_jvp(primals, tangents):
     (p,), (dp,) = primals, tangents
     stats = row_stats(map_rows(lambda x: _xent_rows(x, x), p))
-    p = promote(p)
-    read = support(_softmax(p, stats.lse_p))
-    coef = _xent_coef_p(p, stats.lse_p[..., None] - jnp.where(read, p, 0.0), stats, read)
-    return stats.value, _inner(coef, dp)
+    return stats.value, _inner(_entropy_coefficient(promote(p), stats), dp)
 
 
 _entropy = custom_jvp_over_classes(_entropy_value, _entropy_jvp)
+
+
+# ---------------------------------------------- one pass over the logits (Pallas)
+
+
+def _one_pass(stat: RowPass, coefficients):
+    """A differentiable :func:`row_pass`: ``f(arrays, row_args)`` -> the statistic's first result.
+
+    The kernel's per-row results are the only residuals; the backward pass
+    re-reads the inputs once, elementwise (``coefficients(*arrays, results)``
+    gives d value / d array), which XLA fuses into one pass on every backend.
+    Reverse mode only: a Pallas call has no JVP rule.
+    """
+
+    @jax.custom_vjp
+    def value(arrays, row_args):
+        return row_pass(stat, arrays, row_args)[0]
+
+    def forward(arrays, row_args):
+        results = row_pass(stat, arrays, row_args)
+        return results[0], (arrays, row_args, results)
+
+    def backward(saved, g):
+        arrays, row_args, results = saved
+        coefs = coefficients(*(promote(a) for a in arrays), *row_args, results)
+        # A zero cotangent (a row the caller masked out) gives exactly zero, even in a NaN row.
+        g = g[..., None]
+        grads = tuple(jnp.where(g == 0, 0.0, g * c).astype(a.dtype) for a, c in zip(arrays, coefs))
+        return grads, tuple(None for _ in row_args)
+
+    value.defvjp(forward, backward)
+    return value
+
+
+def _kl_rows(p: Array, q: Array) -> _online.KLResiduals:
+    s = map_rows(log_ratio, p, q)
+    return _online.KLResiduals(s.kl, s.shift_p, s.lse_p, s.shift_on, s.lse_q, s.gap)
+
+
+_kl_one_pass = _one_pass(
+    RowPass(_online.kl_init, _online.kl_update, _online.kl_finish, _kl_rows),
+    _kl_coefficients)
+_cross_entropy_one_pass = _one_pass(
+    RowPass(_online.cross_entropy_init, _online.cross_entropy_update, _online.cross_entropy_finish,
+            lambda p, q: tuple(map_rows(_xent_rows, p, q))),
+    lambda p, q, s: _xent_coefficients(p, q, _XentStats(*s)))
+_entropy_one_pass = _one_pass(
+    RowPass(_online.entropy_init, _online.entropy_update, _online.entropy_finish,
+            lambda x: tuple(map_rows(lambda x: _xent_rows(x, x), x))[:2]),
+    lambda p, s: (_entropy_coefficient(p, _XentStats(s[0], s[1], s[1])),))
+
+
+def _label_rows(x: Array, labels: Array) -> tuple[Array, Array]:
+    stats = label_stats(x, labels)
+    return stats.nll, stats.log_normaliser
+
+
+def _label_coefficient(x: Array, labels: Array, s) -> tuple[Array]:
+    """``softmax(x) - onehot(label)``."""
+    onehot = jnp.arange(x.shape[-1]) == labels[..., None]
+    # A label out of range has a NaN loss, and a NaN gradient with it.
+    return (jnp.where(jnp.isnan(s[0])[..., None], jnp.nan, _softmax(x, s[1]) - onehot),)
+
+
+_label_one_pass = _one_pass(
+    RowPass(_online.label_init, _online.label_update, _online.label_finish, _label_rows,
+            takes_columns=True),
+    _label_coefficient)
+
+
+def _pallas_only(axis_name) -> None:
+    if axis_name is not None:
+        raise NotImplementedError("the Pallas kernels read whole rows; axis_name splits them")
 
 
 # ------------------------------------------------------------------ public API
@@ -258,6 +345,7 @@ def kl_divergence(
     where: Optional[ArrayLike] = None,
     base: Optional[float] = None,
     axis_name: Optional[str] = None,
+    implementation: str = "xla",
 ) -> Array:
     r"""Kullback-Leibler divergence :math:`KL(P \| Q)` between two categoricals given as logits.
 
@@ -282,6 +370,10 @@ def kl_divergence(
         mesh axis (each device holding a contiguous slice of the classes, in
         order): the per-row statistics are combined across it with
         ``lax.pmax`` / ``lax.psum`` of per-row scalars. None: whole rows.
+      implementation: ``"xla"`` (default) or ``"pallas"``: one pass over the
+        logits in a Pallas kernel on GPU (Triton) and TPU (Mosaic), the XLA
+        path on the CPU and wherever a kernel does not apply (float64,
+        ``axis_name``). Reverse-mode differentiation only (``grad``, ``vjp``).
 
     Returns:
       KL in nats, with the class axis removed, in ``result_type(dtype, float32)``.
@@ -306,7 +398,12 @@ def kl_divergence(
     (p, q), _ = _checks.logits(
         (p_logits, q_logits), ("p_logits", "q_logits"), axis=axis, where=where, broadcast=False
     )
-    return _checks.in_base(_kl(p, q, axis_name), base)
+
+    def one_pass():
+        _pallas_only(axis_name)
+        return _kl_one_pass(tuple(jnp.broadcast_arrays(p, q)), ())
+
+    return _checks.in_base(choose(implementation, one_pass, lambda: _kl(p, q, axis_name)), base)
 
 
 @eager_jit
@@ -318,6 +415,7 @@ def cross_entropy(
     where: Optional[ArrayLike] = None,
     base: Optional[float] = None,
     axis_name: Optional[str] = None,
+    implementation: str = "xla",
 ) -> Array:
     r"""Cross-entropy :math:`H(P, Q) = -\sum_i P_i \log Q_i = H(P) + KL(P \| Q)`.
 
@@ -335,6 +433,10 @@ def cross_entropy(
         mesh axis (each device holding a contiguous slice of the classes, in
         order): the per-row statistics are combined across it with
         ``lax.pmax`` / ``lax.psum`` of per-row scalars. None: whole rows.
+      implementation: ``"xla"`` (default) or ``"pallas"``: one pass over the
+        logits in a Pallas kernel on GPU (Triton) and TPU (Mosaic), the XLA
+        path on the CPU and wherever a kernel does not apply (float64,
+        ``axis_name``). Reverse-mode differentiation only (``grad``, ``vjp``).
 
     Returns:
       Cross-entropy in nats, class axis removed, ``result_type(dtype, float32)``.
@@ -352,7 +454,13 @@ def cross_entropy(
     (p, q), _ = _checks.logits(
         (p_logits, q_logits), ("p_logits", "q_logits"), axis=axis, where=where, broadcast=False
     )
-    return _checks.in_base(_cross_entropy(axis_name)(p, q), base)
+
+    def one_pass():
+        _pallas_only(axis_name)
+        return _cross_entropy_one_pass(tuple(jnp.broadcast_arrays(p, q)), ())
+
+    value = choose(implementation, one_pass, lambda: _cross_entropy(axis_name)(p, q))
+    return _checks.in_base(value, base)
 
 
 @eager_jit
@@ -363,6 +471,7 @@ def entropy(
     where: Optional[ArrayLike] = None,
     base: Optional[float] = None,
     axis_name: Optional[str] = None,
+    implementation: str = "xla",
 ) -> Array:
     r"""Shannon entropy :math:`H(P) = -\sum_i P_i \log P_i` of ``P = softmax(logits)``.
 
@@ -378,6 +487,10 @@ def entropy(
         mesh axis (each device holding a contiguous slice of the classes, in
         order): the per-row statistics are combined across it with
         ``lax.pmax`` / ``lax.psum`` of per-row scalars. None: whole rows.
+      implementation: ``"xla"`` (default) or ``"pallas"``: one pass over the
+        logits in a Pallas kernel on GPU (Triton) and TPU (Mosaic), the XLA
+        path on the CPU and wherever a kernel does not apply (float64,
+        ``axis_name``). Reverse-mode differentiation only (``grad``, ``vjp``).
 
     Returns:
       Entropy in nats, class axis removed; 0 for a row with no support.
@@ -389,7 +502,12 @@ def entropy(
     """
     check_axis_name(axis_name)
     (p,), _ = _checks.logits((logits,), ("logits",), axis=axis, where=where)
-    return _checks.in_base(_entropy(axis_name)(p), base)
+
+    def one_pass():
+        _pallas_only(axis_name)
+        return _entropy_one_pass((p,), ())
+
+    return _checks.in_base(choose(implementation, one_pass, lambda: _entropy(axis_name)(p)), base)
 
 
 @eager_jit
@@ -401,6 +519,7 @@ def cross_entropy_with_integer_labels(
     where: Optional[ArrayLike] = None,
     base: Optional[float] = None,
     axis_name: Optional[str] = None,
+    implementation: str = "xla",
 ) -> Array:
     r"""Cross-entropy of integer labels, :math:`-\log \mathrm{softmax}(x)_y`.
 
@@ -417,6 +536,10 @@ def cross_entropy_with_integer_labels(
         mesh axis (each device holding a contiguous slice of the classes, in
         order): the per-row statistics are combined across it with
         ``lax.pmax`` / ``lax.psum`` of per-row scalars. None: whole rows.
+      implementation: ``"xla"`` (default) or ``"pallas"``: one pass over the
+        logits in a Pallas kernel on GPU (Triton) and TPU (Mosaic), the XLA
+        path on the CPU and wherever a kernel does not apply (float64,
+        ``axis_name``). Reverse-mode differentiation only (``grad``, ``vjp``).
 
     Returns:
       ``-log Q_y`` per row, ``result_type(dtype, float32)`` (a bfloat16 model
@@ -441,7 +564,16 @@ def cross_entropy_with_integer_labels(
     # A row with every class masked is padding: 0 with a zero gradient, as for
     # every divergence (a label on a masked class among unmasked ones is +inf).
     valid = None if mask is None else any_class(mask, axis_name)
-    return _checks.in_base(label_stats(x, labels, valid=valid, axis_name=axis_name).nll, base)
+
+    def one_pass():
+        _pallas_only(axis_name)
+        nll = _label_one_pass((x,), (jnp.broadcast_to(labels, batch_shape).astype(jnp.int32),))
+        return nll if valid is None else jnp.where(valid, nll, 0.0)
+
+    def xla():
+        return label_stats(x, labels, valid=valid, axis_name=axis_name).nll
+
+    return _checks.in_base(choose(implementation, one_pass, xla), base)
 
 
 def validate_labels(labels: ArrayLike, num_classes: int) -> Array:

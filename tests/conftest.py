@@ -40,4 +40,4 @@ def _release_compiled_programs():
     yield
     if _MAPS.exists() and sum(1 for _ in _MAPS.open()) > 20_000:
         jax.clear_caches()
-        _dispatch._compiled.cache_clear()
+        _dispatch.clear_compiled()

@@ -1,0 +1,268 @@
+"""Pallas kernels that read each row of logits once: the ``implementation="pallas"`` path.
+
+A :class:`RowPass` is a per-row statistic of :mod:`jaxdiv._online` (state,
+tile update, finish) with its whole-row XLA twin. :func:`row_pass` evaluates it:
+
+* on a GPU, one Triton program per block of rows walks the classes in column
+  tiles, carrying the state in registers, and writes only per-row results;
+* on a TPU, Mosaic runs a ``(row blocks, column tiles)`` grid whose column
+  axis is sequential, the state in VMEM scratch;
+* on the CPU (no Pallas backend) the XLA twin runs: the same numbers through
+  the kernels of :mod:`jaxdiv._numerics`.
+
+The choice is made when the program is lowered, as for every kernel
+(``lax.platform_dependent``), so an export for several platforms keeps each
+one's path. Tests run both kernels on the CPU in Pallas's interpreter
+(:func:`interpreted`). Inputs are read in their storage dtype (16-bit logits
+cost half the bytes) and widened to float32 tile by tile.
+
+What a kernel cannot take (float64, classes split over devices) raises
+``NotImplementedError`` at trace time, and :func:`choose` falls through to the
+XLA path, as openxla/tokamax and Levanter's kernels do. The tiles are fixed,
+so on-chip memory is bounded by construction (see :func:`_tpu_tiles`) rather
+than discovered by a failed compile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from jaxdiv import _dispatch, _numerics
+
+IMPLEMENTATIONS = ("xla", "pallas")
+
+# Which kernel row_pass traces regardless of the platform, interpreted: None,
+# "triton" or "mosaic" (tests, on the CPU).
+_interpreted: Optional[str] = None
+
+
+@contextlib.contextmanager
+def interpreted(kernel: str):
+    """Trace :func:`row_pass`'s ``kernel`` (``"triton"`` or ``"mosaic"``) in Pallas's interpreter."""
+    global _interpreted
+    if kernel not in ("triton", "mosaic"):
+        raise ValueError(f"kernel must be 'triton' or 'mosaic', got {kernel!r}")
+    previous, _interpreted = _interpreted, kernel
+    # Programs compiled for eager calls do not know which kernel was traced.
+    _dispatch.clear_compiled()
+    try:
+        yield
+    finally:
+        _interpreted = previous
+        _dispatch.clear_compiled()
+
+
+def check_implementation(implementation) -> str:
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    return implementation
+
+
+def choose(implementation: str, pallas: Callable[[], jax.Array], xla: Callable[[], jax.Array]):
+    """``pallas()`` when asked for and possible, else ``xla()`` (on ``NotImplementedError``)."""
+    if check_implementation(implementation) == "pallas":
+        try:
+            return pallas()
+        except NotImplementedError:
+            pass
+    return xla()
+
+
+class RowPass(NamedTuple):
+    """A per-row statistic: online ``init/update/finish`` and its whole-row XLA twin.
+
+    ``update(state, *tiles[, cols, *row_args, classes])`` (the bracket when
+    ``takes_columns``); ``finish(state)`` and ``xla(*arrays, *row_args)``
+    return the same tuple of per-row arrays (``[rows, 1]`` and ``[rows]``).
+    """
+
+    init: Callable
+    update: Callable
+    finish: Callable
+    xla: Callable
+    takes_columns: bool = False
+
+
+def _rows_2d(x: jax.Array) -> jax.Array:
+    return x.reshape(-1, x.shape[-1])
+
+
+def row_pass(stat: RowPass, arrays: tuple, row_args: tuple = ()):
+    """``stat`` over the rows of ``arrays`` (``[..., C]``, same shape), per-row results of the batch shape.
+
+    ``row_args`` are per-row inputs of the batch shape (integer labels).
+    """
+    for a in arrays:
+        if a.dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
+            raise NotImplementedError(f"Pallas kernels take 16- or 32-bit floats, got {a.dtype}")
+    if _numerics.classes_are_split():
+        raise NotImplementedError("Pallas kernels read whole rows; the classes are split over devices")
+    batch = arrays[0].shape[:-1]
+    flat = tuple(_rows_2d(a) for a in arrays)
+    flat_args = tuple(r.reshape(-1) for r in row_args)
+
+    def triton(*xs):
+        return _triton(stat, xs[:len(flat)], xs[len(flat):], interpret=_interpreted == "triton")
+
+    def mosaic(*xs):
+        return _mosaic(stat, xs[:len(flat)], xs[len(flat):], interpret=_interpreted == "mosaic")
+
+    def xla(*xs):
+        return stat.xla(*(_numerics.promote(x) for x in xs))
+
+    if _interpreted == "triton":
+        out = triton(*flat, *flat_args)
+    elif _interpreted == "mosaic":
+        out = mosaic(*flat, *flat_args)
+    else:
+        out = jax.lax.platform_dependent(*flat, *flat_args, cuda=triton, tpu=mosaic, default=xla)
+    return jax.tree.map(lambda t: t.reshape(batch), out)
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+
+
+def _state_leaves(stat: RowPass, rows: int):
+    return jax.tree.flatten(jax.eval_shape(lambda: stat.init(rows)))
+
+
+def _out_structs(stat: RowPass, rows: int, num_args: int, tiles):
+    """The finish results' structure, for a kernel of ``rows`` rows: ``[rows, 1]`` float32 each."""
+    def probe(*tiles):
+        args = [jnp.zeros((rows, 1), jnp.int32)] * num_args
+        extra = (jnp.zeros((1, 1), jnp.int32), *args, 1) if stat.takes_columns else ()
+        return stat.finish(stat.update(stat.init(rows), *tiles, *extra))
+    return jax.eval_shape(probe, *tiles)
+
+
+# ------------------------------------------------------------------ Triton (GPU)
+
+# Elements of one tile per input held in registers by one program: 2048 f32 over
+# 4-8 warps is 8-16 values a thread per temporary, room for the update's
+# dozen temporaries without spilling.
+_TRITON_TILE = 2048
+
+
+def _triton_tiles(rows: int, classes: int) -> tuple[int, int, int]:
+    cols = min(_pow2_at_least(classes), _TRITON_TILE)
+    block = min(_pow2_at_least(rows), max(1, _TRITON_TILE // cols))
+    return block, cols, (4 if block * cols <= 1024 else 8)
+
+
+def _triton(stat: RowPass, arrays, row_args, *, interpret: bool):
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+
+    rows, classes = arrays[0].shape
+    block, cols, warps = _triton_tiles(rows, classes)
+    steps = pl.cdiv(classes, cols)
+    n_in, n_args = len(arrays), len(row_args)
+    tile = jax.ShapeDtypeStruct((block, cols), jnp.float32)
+    outs, out_tree = jax.tree.flatten(_out_structs(stat, block, n_args, [tile] * n_in))
+
+    def kernel(*refs):
+        in_refs, arg_refs, out_refs = refs[:n_in], refs[n_in:n_in + n_args], refs[n_in + n_args:]
+        first = pl.program_id(0) * block
+        row = first + jnp.arange(block)[:, None]
+        live = row < rows
+        span = pl.dslice(first, block)
+        args = [plgpu.load(r.at[span], mask=live[:, 0], other=0)[:, None] for r in arg_refs]
+
+        def body(j, state):
+            col = j * cols + jnp.arange(cols)[None, :]
+            mask = live & (col < classes)
+            tiles = [plgpu.load(r.at[span, pl.dslice(j * cols, cols)], mask=mask, other=-jnp.inf)
+                     .astype(jnp.float32) for r in in_refs]
+            extra = (col, *args, classes) if stat.takes_columns else ()
+            return stat.update(state, *tiles, *extra)
+
+        state = jax.lax.fori_loop(0, steps, body, stat.init(block))
+        for ref, value in zip(out_refs, jax.tree.leaves(stat.finish(state))):
+            plgpu.store(ref.at[span], value[:, 0], mask=live[:, 0])
+
+    out = pl.pallas_call(
+        kernel,
+        out_shape=[jax.ShapeDtypeStruct((rows,), jnp.float32) for _ in outs],
+        grid=(pl.cdiv(rows, block),),
+        compiler_params=plgpu.CompilerParams(num_warps=warps, num_stages=1),
+        interpret=interpret,
+        name="jaxdiv_row_pass",
+    )(*arrays, *row_args)
+    return jax.tree.unflatten(out_tree, out)
+
+
+# ------------------------------------------------------------------ Mosaic (TPU)
+
+# A (rows, cols) tile of each input per grid step, double-buffered: 4 MiB of
+# VMEM for two float32 inputs at most, far under a v5e's 16 MiB scoped limit.
+_TPU_ROWS, _TPU_COLS = 32, 4096
+
+
+def _tpu_tiles(rows: int, classes: int) -> tuple[int, int]:
+    """Block shape: a multiple of (8, 128) or the whole dimension, as Mosaic requires."""
+    block = rows if rows <= _TPU_ROWS else _TPU_ROWS
+    cols = classes if classes <= _TPU_COLS else _TPU_COLS
+    return block, cols
+
+
+def _mosaic(stat: RowPass, arrays, row_args, *, interpret: bool):
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import tpu as pltpu
+
+    rows, classes = arrays[0].shape
+    block, cols = _tpu_tiles(rows, classes)
+    steps = pl.cdiv(classes, cols)
+    n_in, n_args = len(arrays), len(row_args)
+    leaves, state_tree = _state_leaves(stat, block)
+    tile = jax.ShapeDtypeStruct((block, cols), jnp.float32)
+    outs, out_tree = jax.tree.flatten(_out_structs(stat, block, n_args, [tile] * n_in))
+    n_out = len(outs)
+
+    def kernel(*refs):
+        in_refs = refs[:n_in]
+        arg_refs = refs[n_in:n_in + n_args]
+        out_refs = refs[n_in + n_args:n_in + n_args + n_out]
+        state_refs = refs[n_in + n_args + n_out:]
+        j = pl.program_id(1)
+
+        @pl.when(j == 0)
+        def _():
+            for ref, value in zip(state_refs, jax.tree.leaves(stat.init(block))):
+                ref[...] = value
+
+        state = jax.tree.unflatten(state_tree, [ref[...] for ref in state_refs])
+        col = j * cols + jax.lax.broadcasted_iota(jnp.int32, (1, cols), 1)
+        tiles = [jnp.where(col < classes, r[...].astype(jnp.float32), -jnp.inf) for r in in_refs]
+        extra = (col, *(r[...] for r in arg_refs), classes) if stat.takes_columns else ()
+        state = stat.update(state, *tiles, *extra)
+        for ref, value in zip(state_refs, jax.tree.leaves(state)):
+            ref[...] = value
+
+        @pl.when(j == steps - 1)
+        def _():
+            for ref, value in zip(out_refs, jax.tree.leaves(stat.finish(state))):
+                ref[...] = value
+
+    row_spec = pl.BlockSpec((block, 1), lambda i, j: (i, 0))
+    out = pl.pallas_call(
+        kernel,
+        out_shape=[jax.ShapeDtypeStruct((rows, 1), jnp.float32) for _ in outs],
+        grid=(pl.cdiv(rows, block), steps),
+        in_specs=[pl.BlockSpec((block, cols), lambda i, j: (i, j))] * n_in + [row_spec] * n_args,
+        out_specs=[row_spec] * n_out,
+        scratch_shapes=[pltpu.VMEM(leaf.shape, leaf.dtype) for leaf in leaves],
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
+        interpret=pltpu.InterpretParams() if interpret else False,
+        name="jaxdiv_row_pass",
+    )(*arrays, *(r[:, None] for r in row_args))
+    return jax.tree.unflatten(out_tree, [o[:, 0] for o in out])
+
+
+del functools
