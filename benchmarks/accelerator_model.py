@@ -222,7 +222,9 @@ def _kernels(implementation: str = "xla"):
     def vg(f, argnums=(0, 1)):
         return jax.value_and_grad(lambda *a: f(*a).sum(), argnums=argnums)
 
-    sce = lambda p, y: losses.softmax_cross_entropy(p, y, label_smoothing=0.1, z_loss=1e-4)  # noqa: E731
+    sce = functools.partial(losses.softmax_cross_entropy, label_smoothing=0.1, z_loss=1e-4,
+                            implementation=implementation)
+    distill = functools.partial(losses.distillation_loss, implementation=implementation)
     return {
         "kl forward": (fwd(kl), "xx"),
         "kl value+grad (p, q)": (vg(kl), "xx"),
@@ -240,14 +242,15 @@ def _kernels(implementation: str = "xla"):
         "renyi(0.5) value+grad (p)": (vg(lambda p, q: jaxdiv.renyi_divergence(p, q, 0.5), 0), "xx"),
         "probs.kl forward": (fwd(probs.kl_divergence), "xx"),
         "softmax_cross_entropy value+grad": (vg(sce, 0), "xy"),
-        "distillation_loss value+grad (student)": (vg(losses.distillation_loss, 0), "xx"),
+        "distillation_loss value+grad (student)": (vg(distill, 0), "xx"),
     }
 
 
 # The kernels with a one-pass Pallas implementation (implementation="pallas").
 PALLAS = {"kl forward", "kl value+grad (p, q)", "kl value+grad (p)", "cross_entropy forward",
           "cross_entropy value+grad (q)", "integer-label CE forward",
-          "integer-label CE value+grad", "entropy forward", "entropy value+grad"}
+          "integer-label CE value+grad", "entropy forward", "entropy value+grad",
+          "softmax_cross_entropy value+grad", "distillation_loss value+grad (student)"}
 
 
 def _linear_kernels():

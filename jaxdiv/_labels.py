@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
+from jaxdiv import _online
 from jaxdiv._numerics import (
     class_index,
     class_offset,
@@ -48,6 +49,7 @@ from jaxdiv._numerics import (
     row_stats,
     row_sum,
 )
+from jaxdiv._pallas import RowPass, differentiable
 
 Array = jax.Array
 
@@ -208,3 +210,72 @@ def label_stats(
       axis_name: the mesh axis the classes are split over (inside ``shard_map``).
     """
     return _label_stats_over(axis_name, softcap, smoothing)(logits, target, valid, weights)
+
+
+# ---------------------------------------------- one pass over the logits (Pallas)
+
+
+def _one_pass_step(cap):
+    def step(state, tiles, cols, args, classes):
+        labels, valid = args
+        x = jnp.where(valid > 0, _softcap(tiles[0], cap), -jnp.inf)
+        return _online.label_update(state, x, cols, labels, classes)
+    return step
+
+
+def _one_pass_rows(cap, x, labels, valid):
+    stats = _label_stats(cap, True, x, labels, valid > 0, None)
+    # The XLA kernel zeroes dropped rows itself; the kernel's caller does (see below).
+    nll = jnp.where(valid > 0, stats.nll, jnp.inf)
+    return nll, stats.log_normaliser, stats.uniform_nll, stats.top1, stats.count
+
+
+def _one_pass_backward(cap, arrays, args, results, cotangents):
+    """The transpose of :func:`_label_stats_jvp` (integer labels, no class weights)."""
+    (logits,) = arrays
+    labels, valid = args
+    nll, lse, uniform, _, count = results
+    g_nll, g_lse, g_uniform = (c[..., None] for c in cotangents[:3])
+    raw = promote(logits)
+    x = jnp.where(valid[..., None] > 0, _softcap(raw, cap), -jnp.inf)
+    probs = jnp.exp(x - finite_or_zero(lse)[..., None])
+    n = jnp.maximum(count, 1.0)[..., None]
+    onehot = class_index(x.shape, labels.dtype) == labels[..., None]
+    # An out-of-range label poisons its own row's gradient, as in the XLA path.
+    in_range = (labels >= 0) & (labels < x.shape[-1])
+    d_nll = jnp.where(in_range[..., None], probs - onehot, jnp.nan)
+    d_uniform = (count[..., None] / n) * probs - jnp.where(x > -jnp.inf, 1.0, 0.0) / n
+    grad = sum(jnp.where(g == 0, 0.0, g * d) for g, d in
+               ((g_nll, d_nll), (g_lse, probs), (g_uniform, d_uniform)))
+    if cap is not None:
+        grad = grad * _softcap_slope(raw, cap)
+    return (jnp.where(valid[..., None] > 0, grad, 0.0).astype(logits.dtype),), (None, None)
+
+
+@functools.lru_cache(maxsize=None)
+def _one_pass(cap):
+    stat = RowPass(_online.label_init, _one_pass_step(cap), _online.label_finish,
+                   functools.partial(_one_pass_rows, cap))
+    return differentiable(stat, functools.partial(_one_pass_backward, cap))
+
+
+def label_stats_one_pass(
+    logits: Array,
+    labels: Array,
+    *,
+    valid: Optional[Array] = None,
+    softcap: Optional[float] = None,
+) -> LabelStats:
+    """:func:`label_stats` for integer labels without class weights, in one Pallas pass.
+
+    Raises ``NotImplementedError`` where the kernels do not apply (see
+    :func:`jaxdiv._pallas.row_pass`). ``uniform_nll`` is always computed (it
+    costs no exponential).
+    """
+    batch = logits.shape[:-1]
+    labels = jnp.broadcast_to(labels, batch).astype(jnp.int32)
+    valid_rows = jnp.ones(batch, jnp.float32) if valid is None else jnp.broadcast_to(valid, batch).astype(jnp.float32)
+    nll, lse, uniform, top1, count = _one_pass(softcap)((logits,), (labels, valid_rows))
+    if valid is not None:
+        nll = jnp.where(valid, nll, 0.0)
+    return LabelStats(nll, lse, uniform, top1, count, count)

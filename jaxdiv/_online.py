@@ -209,29 +209,51 @@ class LabelCrossEntropy(NamedTuple):
     norm: Normaliser
     picked: Array   # the label's logit once its tile was read
     found: Array    # 1 once the label's column was read
+    count: Array    # classes with a finite logit
+    centred: Array  # sum of (x - m) over them (<= 0), for label smoothing
 
 
 def label_init(rows: int) -> LabelCrossEntropy:
-    return LabelCrossEntropy(normaliser_init(rows), _zeros(rows), _zeros(rows))
+    return LabelCrossEntropy(normaliser_init(rows), _zeros(rows), _zeros(rows), _zeros(rows),
+                             _zeros(rows))
 
 
 def label_update(st: LabelCrossEntropy, x: Array, cols: Array, labels: Array,
                  classes: int) -> LabelCrossEntropy:
     """``cols``: the tile's class indices ``[1, cols]`` (past ``classes`` in the last tile);
     ``labels``: ``[rows, 1]`` int32."""
-    norm, _, _ = normaliser_update(st.norm, x)
+    norm, c, _ = normaliser_update(st.norm, x)
     hit = (cols == labels) & (cols < classes)
     picked = st.picked + _rowsum(jnp.where(hit, x, 0.0))
     found = jnp.maximum(st.found, _rowmax(jnp.where(hit, 1.0, 0.0)))
-    return LabelCrossEntropy(norm, picked, found)
+    # When m grows by d every x - m shrinks by d: both parts are <= 0.
+    read = x > _NEG_INF
+    grown = _finite_shift(norm.m) - _finite_shift(st.norm.m)
+    centred = jnp.where(st.count > 0, st.centred - grown * st.count, 0.0)
+    centred = centred + _rowsum(jnp.where(read, c, 0.0))
+    count = st.count + _rowsum(jnp.where(read, 1.0, 0.0))
+    return LabelCrossEntropy(norm, picked, found, count, centred)
 
 
-def label_finish(st: LabelCrossEntropy) -> tuple[Array, Array]:
-    """``(-log Q_y, lse)``: ``L + (m - x_y)``, +inf for ``x_y = -inf``, NaN for a label out of range."""
+def label_finish(st: LabelCrossEntropy) -> tuple[Array, Array, Array, Array, Array]:
+    """``(-log Q_y, lse, uniform, top1, count)``, ``[rows, 1]`` each.
+
+    ``-log Q_y = L + (m - x_y)``: +inf for ``x_y = -inf``, NaN for a label out
+    of range or an invalid row; ``uniform`` is the cross-entropy against the
+    uniform distribution over the finite classes, ``L - sum (x - m) / n``
+    (label smoothing's part); ``top1`` is 1 where the label is an arg max.
+    """
     lacks = st.picked == _NEG_INF
-    value = jnp.where(lacks, jnp.inf, log_sum(st.norm) + (_finite_shift(st.norm.m) - st.picked))
-    value = jnp.where((st.found > 0) & (st.norm.bad == 0), value, jnp.nan)
-    return value, log_sum_exp(st.norm)
+    log_sum_ = log_sum(st.norm)
+    value = jnp.where(lacks, jnp.inf, log_sum_ + (_finite_shift(st.norm.m) - st.picked))
+    ok = (st.found > 0) & (st.norm.bad == 0)
+    value = jnp.where(ok, value, jnp.nan)
+    has = st.count > 0
+    uniform = jnp.where(has, (st.count * jnp.where(has, log_sum_, 0.0) - st.centred)
+                        / jnp.maximum(st.count, 1.0), 0.0)
+    uniform = jnp.where(st.norm.bad == 0, uniform, jnp.nan)
+    top1 = jnp.where(ok & ~lacks & (st.picked == st.norm.m), 1.0, 0.0)
+    return value, log_sum_exp(st.norm), uniform, top1, st.count
 
 
 # ------------------------------------------------------------------------- KL
@@ -400,7 +422,7 @@ def run_whole_rows(init, update, finish, *tiles: Array):
     return _squeeze(finish(update(init(tiles[0].shape[0]), *tiles)))
 
 
-def run_in_tiles(init, update, finish, *arrays: Array, tile: int, extra=()):
+def run_in_tiles(init, update, finish, *arrays: Array, tile: int):
     """The statistic over column tiles of ``tile`` classes, in plain JAX (a reference for the kernels)."""
     rows, classes = arrays[0].shape
     st = init(rows)
@@ -409,10 +431,7 @@ def run_in_tiles(init, update, finish, *arrays: Array, tile: int, extra=()):
         width = chunk[0].shape[1]
         if width < tile:
             chunk = [jnp.pad(c, ((0, 0), (0, tile - width)), constant_values=_NEG_INF) for c in chunk]
-        args = [*chunk]
-        if extra:
-            args += [jnp.arange(start, start + tile, dtype=jnp.int32)[None, :], *extra, classes]
-        st = update(st, *args)
+        st = update(st, *chunk)
     return _squeeze(finish(st))
 
 

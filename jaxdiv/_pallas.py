@@ -75,18 +75,50 @@ def choose(implementation: str, pallas: Callable[[], jax.Array], xla: Callable[[
 
 
 class RowPass(NamedTuple):
-    """A per-row statistic: online ``init/update/finish`` and its whole-row XLA twin.
+    """A per-row statistic: online ``init/step/finish`` and its whole-row XLA twin.
 
-    ``update(state, *tiles[, cols, *row_args, classes])`` (the bracket when
-    ``takes_columns``); ``finish(state)`` and ``xla(*arrays, *row_args)``
+    ``step(state, tiles, cols, args, classes)`` takes the float32 tiles
+    ``[rows, cols]`` (``-inf`` past the row's end), their class indices
+    ``cols`` ``[1, cols]``, the per-row arguments as ``[rows, 1]`` arrays and
+    the number of classes. ``finish(state)`` and ``xla(*arrays, *row_args)``
     return the same tuple of per-row arrays (``[rows, 1]`` and ``[rows]``).
     """
 
     init: Callable
-    update: Callable
+    step: Callable
     finish: Callable
     xla: Callable
-    takes_columns: bool = False
+
+
+def tiles_only(update: Callable) -> Callable:
+    """A ``step`` for an update that reads the tiles alone."""
+    return lambda state, tiles, cols, args, classes: update(state, *tiles)
+
+
+def differentiable(stat: RowPass, backward: Callable) -> Callable:
+    """``f(arrays, row_args)``: :func:`row_pass` with a custom VJP.
+
+    The kernel's per-row results are the only residuals. ``backward(arrays,
+    row_args, results, cotangents)`` returns the gradients of the arrays and
+    of the row arguments (None for integer ones): an elementwise re-read of
+    the inputs, which XLA fuses into one pass on every backend. Reverse mode
+    only: a Pallas call has no JVP rule.
+    """
+
+    @jax.custom_vjp
+    def value(arrays, row_args):
+        return row_pass(stat, arrays, row_args)
+
+    def forward(arrays, row_args):
+        results = row_pass(stat, arrays, row_args)
+        return results, (arrays, row_args, results)
+
+    def backward_rule(saved, cotangents):
+        arrays, row_args, results = saved
+        return backward(arrays, row_args, results, cotangents)
+
+    value.defvjp(forward, backward_rule)
+    return value
 
 
 def _rows_2d(x: jax.Array) -> jax.Array:
@@ -133,13 +165,12 @@ def _state_leaves(stat: RowPass, rows: int):
     return jax.tree.flatten(jax.eval_shape(lambda: stat.init(rows)))
 
 
-def _out_structs(stat: RowPass, rows: int, num_args: int, tiles):
-    """The finish results' structure, for a kernel of ``rows`` rows: ``[rows, 1]`` float32 each."""
-    def probe(*tiles):
-        args = [jnp.zeros((rows, 1), jnp.int32)] * num_args
-        extra = (jnp.zeros((1, 1), jnp.int32), *args, 1) if stat.takes_columns else ()
-        return stat.finish(stat.update(stat.init(rows), *tiles, *extra))
-    return jax.eval_shape(probe, *tiles)
+def _out_structs(stat: RowPass, rows: int, tiles, args):
+    """The finish results' structure for a kernel of ``rows`` rows: ``[rows, 1]`` float32 each."""
+    def probe(tiles, args):
+        cols = jnp.zeros((1, tiles[0].shape[1]), jnp.int32)
+        return stat.finish(stat.step(stat.init(rows), tiles, cols, args, 1))
+    return jax.eval_shape(probe, tiles, args)
 
 
 # ------------------------------------------------------------------ Triton (GPU)
@@ -165,7 +196,8 @@ def _triton(stat: RowPass, arrays, row_args, *, interpret: bool):
     steps = pl.cdiv(classes, cols)
     n_in, n_args = len(arrays), len(row_args)
     tile = jax.ShapeDtypeStruct((block, cols), jnp.float32)
-    outs, out_tree = jax.tree.flatten(_out_structs(stat, block, n_args, [tile] * n_in))
+    arg_blocks = [jax.ShapeDtypeStruct((block, 1), r.dtype) for r in row_args]
+    outs, out_tree = jax.tree.flatten(_out_structs(stat, block, [tile] * n_in, arg_blocks))
 
     def kernel(*refs):
         in_refs, arg_refs, out_refs = refs[:n_in], refs[n_in:n_in + n_args], refs[n_in + n_args:]
@@ -180,8 +212,7 @@ def _triton(stat: RowPass, arrays, row_args, *, interpret: bool):
             mask = live & (col < classes)
             tiles = [plgpu.load(r.at[span, pl.dslice(j * cols, cols)], mask=mask, other=-jnp.inf)
                      .astype(jnp.float32) for r in in_refs]
-            extra = (col, *args, classes) if stat.takes_columns else ()
-            return stat.update(state, *tiles, *extra)
+            return stat.step(state, tiles, col, args, classes)
 
         state = jax.lax.fori_loop(0, steps, body, stat.init(block))
         for ref, value in zip(out_refs, jax.tree.leaves(stat.finish(state))):
@@ -222,7 +253,8 @@ def _mosaic(stat: RowPass, arrays, row_args, *, interpret: bool):
     n_in, n_args = len(arrays), len(row_args)
     leaves, state_tree = _state_leaves(stat, block)
     tile = jax.ShapeDtypeStruct((block, cols), jnp.float32)
-    outs, out_tree = jax.tree.flatten(_out_structs(stat, block, n_args, [tile] * n_in))
+    arg_blocks = [jax.ShapeDtypeStruct((block, 1), r.dtype) for r in row_args]
+    outs, out_tree = jax.tree.flatten(_out_structs(stat, block, [tile] * n_in, arg_blocks))
     n_out = len(outs)
 
     def kernel(*refs):
@@ -240,8 +272,7 @@ def _mosaic(stat: RowPass, arrays, row_args, *, interpret: bool):
         state = jax.tree.unflatten(state_tree, [ref[...] for ref in state_refs])
         col = j * cols + jax.lax.broadcasted_iota(jnp.int32, (1, cols), 1)
         tiles = [jnp.where(col < classes, r[...].astype(jnp.float32), -jnp.inf) for r in in_refs]
-        extra = (col, *(r[...] for r in arg_refs), classes) if stat.takes_columns else ()
-        state = stat.update(state, *tiles, *extra)
+        state = stat.step(state, tiles, col, [r[...] for r in arg_refs], classes)
         for ref, value in zip(state_refs, jax.tree.leaves(state)):
             ref[...] = value
 

@@ -36,8 +36,8 @@ from jax.custom_derivatives import SymbolicZero
 from jaxdiv import _checks
 from jaxdiv._dispatch import eager_jit
 from jaxdiv import _online
-from jaxdiv._labels import label_stats
-from jaxdiv._pallas import RowPass, choose, row_pass
+from jaxdiv._labels import label_stats, label_stats_one_pass
+from jaxdiv._pallas import RowPass, choose, differentiable, tiles_only
 from jaxdiv._numerics import (
     LogRatio,
     finite_or_zero,
@@ -263,69 +263,93 @@ _entropy = custom_jvp_over_classes(_entropy_value, _entropy_jvp)
 # ---------------------------------------------- one pass over the logits (Pallas)
 
 
-def _one_pass(stat: RowPass, coefficients):
-    """A differentiable :func:`row_pass`: ``f(arrays, row_args)`` -> the statistic's first result.
-
-    The kernel's per-row results are the only residuals; the backward pass
-    re-reads the inputs once, elementwise (``coefficients(*arrays, results)``
-    gives d value / d array), which XLA fuses into one pass on every backend.
-    Reverse mode only: a Pallas call has no JVP rule.
-    """
-
-    @jax.custom_vjp
-    def value(arrays, row_args):
-        return row_pass(stat, arrays, row_args)[0]
-
-    def forward(arrays, row_args):
-        results = row_pass(stat, arrays, row_args)
-        return results[0], (arrays, row_args, results)
-
-    def backward(saved, g):
-        arrays, row_args, results = saved
-        coefs = coefficients(*(promote(a) for a in arrays), *row_args, results)
-        # A zero cotangent (a row the caller masked out) gives exactly zero, even in a NaN row.
-        g = g[..., None]
-        grads = tuple(jnp.where(g == 0, 0.0, g * c).astype(a.dtype) for a, c in zip(arrays, coefs))
-        return grads, tuple(None for _ in row_args)
-
-    value.defvjp(forward, backward)
-    return value
+def _temper_tile(x: Array, scale: Array, valid: Array) -> Array:
+    """:func:`_tempered` on a tile, with per-row ``scale`` and ``valid`` (``[rows, 1]``)."""
+    finite = x > -jnp.inf
+    x = jnp.where(finite, jnp.where(finite, x, 0.0) * scale, x)
+    return jnp.where(valid > 0, x, -jnp.inf)
 
 
-def _kl_rows(p: Array, q: Array) -> _online.KLResiduals:
-    s = map_rows(log_ratio, p, q)
+def _kl_step(state, tiles, cols, args, classes):
+    if args:
+        tiles = [_temper_tile(t, *args) for t in tiles]
+    return _online.kl_update(state, *tiles)
+
+
+def _kl_rows(p: Array, q: Array, *args) -> _online.KLResiduals:
+    if args:
+        scale, valid = args
+        s = map_rows(lambda a, b, c, v: log_ratio(
+            _temper_tile(a, c[..., None], v[..., None]), _temper_tile(b, c[..., None], v[..., None])),
+            p, q, scale, valid)
+    else:
+        s = map_rows(log_ratio, p, q)
     return _online.KLResiduals(s.kl, s.shift_p, s.lse_p, s.shift_on, s.lse_q, s.gap)
 
 
-_kl_one_pass = _one_pass(
-    RowPass(_online.kl_init, _online.kl_update, _online.kl_finish, _kl_rows),
-    _kl_coefficients)
-_cross_entropy_one_pass = _one_pass(
-    RowPass(_online.cross_entropy_init, _online.cross_entropy_update, _online.cross_entropy_finish,
-            lambda p, q: tuple(map_rows(_xent_rows, p, q))),
-    lambda p, q, s: _xent_coefficients(p, q, _XentStats(*s)))
-_entropy_one_pass = _one_pass(
-    RowPass(_online.entropy_init, _online.entropy_update, _online.entropy_finish,
+def _kl_backward(arrays, args, results, cotangents):
+    g = cotangents.kl[..., None]
+    p_raw, q_raw = (promote(a) for a in arrays)
+    if args:
+        scale, valid = (a[..., None] for a in args)
+        p, q = _temper_tile(p_raw, scale, valid), _temper_tile(q_raw, scale, valid)
+    else:
+        p, q = p_raw, q_raw
+    coef_p, coef_q = _kl_coefficients(p, q, results)
+    grads = tuple(_scaled_cotangent(g, c * (scale if args else 1.0)).astype(a.dtype)
+                  for a, c in zip(arrays, (coef_p, coef_q)))
+    if not args:
+        return grads, ()
+    # d/ds KL(softmax(s p), softmax(s q)) = <coef_p, p> + <coef_q, q>; -inf logits do not move.
+    slope = sum(row_sum(jnp.where(x > -jnp.inf, c * jnp.where(x > -jnp.inf, x, 0.0), 0.0))
+                for x, c in ((p_raw, coef_p), (q_raw, coef_q)))
+    return grads, (_scaled_cotangent(g[..., 0], slope), jnp.zeros_like(args[1]))
+
+
+def _scaled_cotangent(g: Array, coef: Array) -> Array:
+    """``g * coef``, exactly 0 where the cotangent is (a row the caller masked out, even a NaN row)."""
+    return jnp.where(g == 0, 0.0, g * coef)
+
+
+_KL_PASS = RowPass(_online.kl_init, _kl_step, _online.kl_finish, _kl_rows)
+_kl_one_pass = differentiable(_KL_PASS, _kl_backward)
+
+
+def _scaled_kl_one_pass(p: Array, q: Array, scale: Optional[Array], valid: Optional[Array]) -> Array:
+    """:func:`_scaled_kl` (KL of ``softmax(scale * .)``, 0 at rows where ``valid`` is False) in one pass."""
+    p, q = jnp.broadcast_arrays(p, q)
+    if scale is None and valid is None:
+        return _kl_one_pass((p, q), ())[0]
+    batch = p.shape[:-1]
+    dtype = jnp.result_type(p.dtype, jnp.float32)
+    scale = jnp.broadcast_to(jnp.ones((), dtype) if scale is None else jnp.asarray(scale, dtype), batch)
+    valid = jnp.ones(batch, dtype) if valid is None else jnp.broadcast_to(valid, batch).astype(dtype)
+    return _kl_one_pass((p, q), (scale, valid))[0]
+
+
+def _cross_entropy_backward(arrays, args, results, cotangents):
+    p, q = (promote(a) for a in arrays)
+    coefs = _xent_coefficients(p, q, _XentStats(*results))
+    g = cotangents[0][..., None]
+    return tuple(_scaled_cotangent(g, c).astype(a.dtype) for a, c in zip(arrays, coefs)), ()
+
+
+_cross_entropy_one_pass = differentiable(
+    RowPass(_online.cross_entropy_init, tiles_only(_online.cross_entropy_update),
+            _online.cross_entropy_finish, lambda p, q: tuple(map_rows(_xent_rows, p, q))),
+    _cross_entropy_backward)
+
+
+def _entropy_backward(arrays, args, results, cotangents):
+    (x,) = arrays
+    coef = _entropy_coefficient(promote(x), _XentStats(results[0], results[1], results[1]))
+    return (_scaled_cotangent(cotangents[0][..., None], coef).astype(x.dtype),), ()
+
+
+_entropy_one_pass = differentiable(
+    RowPass(_online.entropy_init, tiles_only(_online.entropy_update), _online.entropy_finish,
             lambda x: tuple(map_rows(lambda x: _xent_rows(x, x), x))[:2]),
-    lambda p, s: (_entropy_coefficient(p, _XentStats(s[0], s[1], s[1])),))
-
-
-def _label_rows(x: Array, labels: Array) -> tuple[Array, Array]:
-    stats = label_stats(x, labels)
-    return stats.nll, stats.log_normaliser
-
-
-def _label_coefficient(x: Array, labels: Array, s) -> tuple[Array]:
-    """``softmax(x) - onehot(label)``."""
-    onehot = jnp.arange(x.shape[-1]) == labels[..., None]
-    # A label out of range has a NaN loss, and a NaN gradient with it.
-    return (jnp.where(jnp.isnan(s[0])[..., None], jnp.nan, _softmax(x, s[1]) - onehot),)
-
-
-_label_one_pass = _one_pass(
-    RowPass(_online.label_init, _online.label_update, _online.label_finish, _label_rows,
-            takes_columns=True),
-    _label_coefficient)
+    _entropy_backward)
 
 
 def _pallas_only(axis_name) -> None:
@@ -401,7 +425,7 @@ def kl_divergence(
 
     def one_pass():
         _pallas_only(axis_name)
-        return _kl_one_pass(tuple(jnp.broadcast_arrays(p, q)), ())
+        return _scaled_kl_one_pass(p, q, None, None)
 
     return _checks.in_base(choose(implementation, one_pass, lambda: _kl(p, q, axis_name)), base)
 
@@ -457,7 +481,7 @@ def cross_entropy(
 
     def one_pass():
         _pallas_only(axis_name)
-        return _cross_entropy_one_pass(tuple(jnp.broadcast_arrays(p, q)), ())
+        return _cross_entropy_one_pass(tuple(jnp.broadcast_arrays(p, q)), ())[0]
 
     value = choose(implementation, one_pass, lambda: _cross_entropy(axis_name)(p, q))
     return _checks.in_base(value, base)
@@ -505,7 +529,7 @@ def entropy(
 
     def one_pass():
         _pallas_only(axis_name)
-        return _entropy_one_pass((p,), ())
+        return _entropy_one_pass((p,), ())[0]
 
     return _checks.in_base(choose(implementation, one_pass, lambda: _entropy(axis_name)(p)), base)
 
@@ -567,8 +591,7 @@ def cross_entropy_with_integer_labels(
 
     def one_pass():
         _pallas_only(axis_name)
-        nll = _label_one_pass((x,), (jnp.broadcast_to(labels, batch_shape).astype(jnp.int32),))
-        return nll if valid is None else jnp.where(valid, nll, 0.0)
+        return label_stats_one_pass(x, labels, valid=valid).nll
 
     def xla():
         return label_stats(x, labels, valid=valid, axis_name=axis_name).nll

@@ -35,7 +35,8 @@ import numpy as np
 
 from jaxdiv import _checks, gaussian
 from jaxdiv._dispatch import eager_jit
-from jaxdiv._labels import label_stats
+from jaxdiv._labels import label_stats, label_stats_one_pass
+from jaxdiv._pallas import check_implementation, choose
 from jaxdiv._reductions import (
     DISTILLATION_KINDS as _KINDS,
     REDUCTIONS as _REDUCTIONS,
@@ -48,7 +49,7 @@ from jaxdiv._reductions import (
     softcap_value as _softcap_value,
 )
 from jaxdiv._numerics import check_axis_name, difference, expm1mx
-from jaxdiv.categorical import _scaled_kl, _tempered
+from jaxdiv.categorical import _scaled_kl, _scaled_kl_one_pass, _tempered
 from jaxdiv.f_divergences import js_divergence
 
 Array = jax.Array
@@ -103,6 +104,7 @@ def softmax_cross_entropy(
     reduction: str = "mean",
     return_aux: bool = False,
     axis_name: Optional[str] = None,
+    implementation: str = "xla",
 ):
     r"""Softmax cross-entropy with the options training code needs, in one pass over the logits.
 
@@ -156,6 +158,10 @@ def softmax_cross_entropy(
         mesh axis (vocabulary parallelism): per-row statistics are combined
         across it (``lax.pmax`` / ``lax.psum`` of per-row scalars); None: whole
         rows. ``class_weights`` are then this device's slice of them.
+      implementation: ``"xla"`` (default) or ``"pallas"``: one pass over the
+        logits in a Pallas kernel on GPU and TPU (integer labels without
+        class weights; otherwise, on the CPU, and with ``axis_name``, the XLA
+        path). Reverse-mode differentiation only.
 
     Returns:
       the loss (a scalar, or the batch shape for ``"none"``, 0 at masked and
@@ -232,9 +238,17 @@ def softmax_cross_entropy(
         target = jnp.where(valid, target, 0)
     weights = _class_weights(class_weights, num_classes, dtype)
     smoothing = not _is_static_zero(label_smoothing)
-    stats = label_stats(
-        x, target, valid=valid, weights=weights, softcap=cap, smoothing=smoothing, axis_name=axis_name
-    )
+
+    def one_pass():
+        if not integer or weights is not None or axis_name is not None:
+            raise NotImplementedError("the Pallas kernel takes integer labels, no class weights, whole rows")
+        return label_stats_one_pass(x, target, valid=valid, softcap=cap)
+
+    def xla():
+        return label_stats(
+            x, target, valid=valid, weights=weights, softcap=cap, smoothing=smoothing, axis_name=axis_name)
+
+    stats = choose(implementation, one_pass, xla)
 
     return _cross_entropy_from_stats(
         stats, valid, batch, dtype,
@@ -261,6 +275,7 @@ def distillation_loss(
     reduction: str = "mean",
     teacher_gradient: bool = False,
     axis_name: Optional[str] = None,
+    implementation: str = "xla",
 ) -> Array:
     r"""Knowledge-distillation loss between a student's and a teacher's logits.
 
@@ -299,6 +314,10 @@ def distillation_loss(
       teacher_gradient: let gradients flow into ``teacher_logits``.
       axis_name: the mesh axis the class axis is split over inside
         ``jax.shard_map``, as for :func:`softmax_cross_entropy`.
+      implementation: ``"xla"`` (default) or ``"pallas"``: ``"forward_kl"``
+        and ``"reverse_kl"`` in one pass over both logits (temperature and
+        mask applied inside the kernel) on GPU and TPU; the XLA path on the
+        CPU, for ``"jsd"`` and with ``axis_name``. Reverse mode only.
 
     Returns:
       the loss, in ``result_type(dtype, float32)``. ``+inf`` for
@@ -316,6 +335,7 @@ def distillation_loss(
     check_axis_name(axis_name)
     reduction = _checks.choice(reduction, "reduction", _REDUCTIONS)
     kind = _checks.choice(kind, "kind", _KINDS)
+    check_implementation(implementation)
     temperature = _checks.scalar_parameter(
         temperature, "temperature", 0.0, np.inf, open_low=True, open_high=True)
     if kind == "jsd":
@@ -336,10 +356,15 @@ def distillation_loss(
     # A masked position is a row without support: 0, zero gradient, never read.
     # The KL kernel applies 1/T and the mask inside its row blocks; JS gets
     # tempered, masked logits.
-    if kind == "forward_kl":
-        value = _scaled_kl(axis_name)(t, s, inverse, valid)
-    elif kind == "reverse_kl":
-        value = _scaled_kl(axis_name)(s, t, inverse, valid)
+    if kind in ("forward_kl", "reverse_kl"):
+        p, q = (t, s) if kind == "forward_kl" else (s, t)
+
+        def one_pass():
+            if axis_name is not None:
+                raise NotImplementedError("the Pallas kernels read whole rows; axis_name splits them")
+            return _scaled_kl_one_pass(p, q, inverse, valid)
+
+        value = choose(implementation, one_pass, lambda: _scaled_kl(axis_name)(p, q, inverse, valid))
     else:
         s, t = _tempered(s, inverse, valid), _tempered(t, inverse, valid)
         value = js_divergence(t, s, beta=beta, axis_name=axis_name)

@@ -321,3 +321,87 @@ def test_broadcast_batch_dims_and_axis(rng, small_tiles):
                         np.moveaxis(_f64(q), 1, -1))
     assert got.shape == (4, 3)
     assert rel_err(got, want) < 2e-6
+
+
+# ------------------------------------------------------------------ losses
+
+
+def _loss_cases(rng):
+    logits = (3 * rng.standard_normal((4, 6, CLASSES))).astype(np.float32)
+    logits[0, 0, 7:] = -np.inf                         # a padded vocabulary
+    logits[1, 2] = 0.0                                 # ties everywhere
+    labels = rng.integers(0, CLASSES, (4, 6)).astype(np.int32)
+    labels[2, 3] = -100                                # ignored
+    where = np.ones((4, 6), bool)
+    where[3, :2] = False
+    logits[3, 0] = np.nan                              # masked: never read
+    return logits, labels, where
+
+
+SOFTMAX_OPTIONS = {
+    "plain": {},
+    "smoothing, z-loss": {"label_smoothing": 0.1, "z_loss": 1e-3},
+    "softcap, smoothing, sum": {"logit_softcap": 5.0, "label_smoothing": 0.2, "reduction": "sum"},
+    "none": {"reduction": "none", "label_smoothing": 0.05},
+}
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("options", sorted(SOFTMAX_OPTIONS))
+def test_softmax_cross_entropy_options_match_the_xla_path(options, kernel, rng, small_tiles):
+    from jaxdiv import losses
+
+    logits, labels, where = _loss_cases(rng)
+    kw = dict(SOFTMAX_OPTIONS[options], ignore_index=-100, where=where, return_aux=True)
+
+    def loss(x, **k):
+        value, aux = losses.softmax_cross_entropy(x, labels, **kw, **k)
+        return jnp.sum(value), (value, aux)
+
+    (_, want), want_grad = jax.value_and_grad(loss, has_aux=True)(logits)
+    with _pallas.interpreted(kernel):
+        (_, got), got_grad = jax.jit(jax.value_and_grad(
+            lambda x: loss(x, implementation="pallas"), has_aux=True))(logits)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, w, rtol=2e-6, atol=1e-7)
+    assert not np.isnan(np.asarray(got_grad)).any()
+    np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl"])
+def test_distillation_with_a_learned_temperature_matches_the_xla_path(kind, kernel, rng, small_tiles):
+    from jaxdiv import losses
+
+    student, _, where = _loss_cases(rng)
+    teacher = (student + rng.standard_normal(student.shape)).astype(np.float32)
+    teacher[0, 1, 3] = -np.inf
+
+    def loss(s, t, temperature, **k):
+        return losses.distillation_loss(s, t, temperature=temperature, kind=kind, where=where,
+                                        teacher_gradient=True, **k)
+
+    want = jax.value_and_grad(loss, (0, 1, 2))(student, teacher, 2.5)
+    with _pallas.interpreted(kernel):
+        got = jax.jit(jax.value_and_grad(
+            lambda s, t, T: loss(s, t, T, implementation="pallas"), (0, 1, 2)))(student, teacher, 2.5)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert not np.isnan(np.asarray(g)).any()
+        np.testing.assert_allclose(g, w, rtol=2e-5, atol=1e-7)
+
+
+def test_cases_the_kernels_do_not_take_fall_through_to_xla(rng):
+    """Class weights, soft labels and the JS distillation run the XLA path, even on a GPU."""
+    from jaxdiv import losses
+
+    x = jax.ShapeDtypeStruct((8, 300), jnp.float32)
+    y = jax.ShapeDtypeStruct((8,), jnp.int32)
+    weighted = lambda a, b: losses.softmax_cross_entropy(   # noqa: E731
+        a, b, class_weights=jnp.ones(300), implementation="pallas")
+    jsd = lambda a, b: losses.distillation_loss(a, a + 1, kind="jsd", implementation="pallas")  # noqa: E731
+    plain = lambda a, b: losses.softmax_cross_entropy(a, b, implementation="pallas")  # noqa: E731
+    assert "__gpu" not in _lowered(weighted, x, y, platform="cuda")
+    assert "__gpu" not in _lowered(jsd, x, y, platform="cuda")
+    assert "__gpu" in _lowered(plain, x, y, platform="cuda")
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        losses.distillation_loss(jnp.zeros(3), jnp.zeros(3), kind="jsd", implementation="cuda")
