@@ -31,6 +31,7 @@ import numpy as np
 
 from jaxdiv._numerics import (
     _LOG_SMALLEST_NORMAL,
+    LogRatio,
     _PHI_SERIES_RADIUS,
     neg_log1pmx,
     phi_series,
@@ -287,13 +288,14 @@ class KL(NamedTuple):
     v: Array       # sum e^a phi(r) over support classes with finite q
     u: Array       # sum e^a expm1(r) over the same classes
     s_pq: Array    # sum e^a over the same classes
+    s_inf: Array   # sum e^a over P's support where q = -inf (there expm1(r) = -1)
     m_inf: Array   # max p where q = -inf
     bad: Array     # 1 once NaN or +inf was read
 
 
 def kl_init(rows: int) -> KL:
     z, n = _zeros(rows), _neg_inf(rows)
-    return KL(n, z, n, z, n, z, z, z, z, n, z)
+    return KL(n, z, n, z, n, z, z, z, z, z, n, z)
 
 
 def _carried(st: "KL", alpha: Array, e_on: Array, delta: Array) -> tuple[Array, Array]:
@@ -363,32 +365,24 @@ def kl_update(st: KL, p: Array, q: Array) -> KL:
     v = v + _rowsum(jnp.where(read, jnp.where(small, e_a * phi, e_b - e_a * (1.0 + r)), 0.0))
     u = u + _rowsum(jnp.where(read, jnp.where(small, e_a * (r + phi), e_b - e_a), 0.0))
     s_pq = alpha * st.s_pq + _rowsum(jnp.where(read, e_a, 0.0))
+    s_inf = alpha * st.s_inf + _rowsum(jnp.where(supp & (q == _NEG_INF), e_a, 0.0))
 
     s_p = alpha * st.s_p + _rowsum(e_a)
     s_on = st.s_on * _rescale(st.m_on, m_on) + _rowsum(e_b)
     s_off = st.s_off * _rescale(st.m_off, m_off) + _rowsum(jnp.where(supp, 0.0, e_q))
     m_inf = jnp.maximum(st.m_inf, _rowmax(jnp.where(q == _NEG_INF, p, _NEG_INF)))
     bad = jnp.maximum(st.bad, _invalid(p, q))
-    return KL(m_p, s_p, m_on, s_on, m_off, s_off, v, u, s_pq, m_inf, bad)
+    return KL(m_p, s_p, m_on, s_on, m_off, s_off, v, u, s_pq, s_inf, m_inf, bad)
 
 
-class KLResiduals(NamedTuple):
-    """What :func:`jaxdiv.categorical` 's KL gradient needs per row (see ``LogRatio``)."""
-
-    kl: Array
-    shift_p: Array
-    lse_p: Array
-    shift_on: Array
-    lse_q: Array
-    gap: Array
-
-
-def kl_finish(st: KL) -> KLResiduals:
-    r""":math:`KL = V/S_p - \psi(s) + \mathrm{softplus}(x)`, :math:`s = U/S_p`, as in ``log_ratio``."""
+def kl_finish(st: KL) -> LogRatio:
+    r""":math:`KL = V/S_p - \psi(s) + \mathrm{softplus}(x)`, :math:`s = U/S_p`: the statistics of ``log_ratio``."""
     has_p = st.s_p > 0
     s_p = jnp.where(has_p, st.s_p, 1.0)
     has_on = st.s_on > 0
-    s = jnp.where(has_on, st.u / s_p, 0.0)
+    # Q_i = 0 < P_i contributes P_i expm1(-inf) = -P_i: the value is then +inf,
+    # but log Q - log P (the gap) stays exact for the rest of the family.
+    s = jnp.where(has_on, (st.u - st.s_inf) / s_p, 0.0)
     x = jnp.where(
         has_on & (st.s_off > 0),
         (_finite_shift(st.m_off) - _finite_shift(st.m_on))
@@ -402,15 +396,14 @@ def kl_finish(st: KL) -> KLResiduals:
     kl = jnp.where(has_p, kl, 0.0)
     kl = jnp.where(st.bad > 0, jnp.nan, kl)
 
-    shift_p = _finite_shift(st.m_p)
-    lse_p = shift_p + jnp.where(has_p, jnp.log(s_p), _NEG_INF)
+    log_sum_p = jnp.where(has_p, jnp.log(s_p), _NEG_INF)
     # Q's normaliser from its two parts, each against its own maximum.
     m_q = jnp.maximum(st.m_on, st.m_off)
-    shift_q = _finite_shift(m_q)
     s_q = st.s_on * _rescale(st.m_on, m_q) + st.s_off * _rescale(st.m_off, m_q)
-    lse_q = shift_q + jnp.where(s_q > 0, jnp.log(jnp.where(s_q > 0, s_q, 1.0)), _NEG_INF)
+    log_sum_q = jnp.where(s_q > 0, jnp.log(jnp.where(s_q > 0, s_q, 1.0)), _NEG_INF)
     gap = jnp.log1p(s) + jax.nn.softplus(x)
-    return KLResiduals(kl, shift_p, lse_p, _finite_shift(st.m_on), lse_q, gap)
+    return LogRatio(kl, _finite_shift(st.m_p), log_sum_p, _finite_shift(m_q), log_sum_q,
+                    _finite_shift(st.m_on), gap)
 
 
 def _p_lacks_q_kl(st: KL) -> Array:

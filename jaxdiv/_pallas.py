@@ -88,6 +88,20 @@ class RowPass(NamedTuple):
     step: Callable
     finish: Callable
     xla: Callable
+    then: Optional["Sweep"] = None
+
+
+class Sweep(NamedTuple):
+    """A second sweep over the row's tiles, given the first one's results ``first``.
+
+    For statistics that need the row's normalisers before their terms (the
+    Jensen-Shannon family): ``step(state, tiles, cols, args, classes, first)``
+    and ``finish(state, first, args)``, which gives the kernel's results.
+    """
+
+    init: Callable
+    step: Callable
+    finish: Callable
 
 
 def tiles_only(update: Callable) -> Callable:
@@ -157,19 +171,25 @@ def row_pass(stat: RowPass, arrays: tuple, row_args: tuple = ()):
     return jax.tree.map(lambda t: t.reshape(batch), out)
 
 
+def _kernel_name(stat: RowPass) -> str:
+    # The accelerator-model report counts a two-sweep kernel's reads twice by this name.
+    return "jaxdiv_row_pass" if stat.then is None else "jaxdiv_two_sweeps"
+
+
 def _pow2_at_least(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
 
-def _state_leaves(stat: RowPass, rows: int):
-    return jax.tree.flatten(jax.eval_shape(lambda: stat.init(rows)))
-
 
 def _out_structs(stat: RowPass, rows: int, tiles, args):
-    """The finish results' structure for a kernel of ``rows`` rows: ``[rows, 1]`` float32 each."""
+    """The first sweep's and the kernel's results for ``rows`` rows: ``[rows, 1]`` float32 each."""
     def probe(tiles, args):
         cols = jnp.zeros((1, tiles[0].shape[1]), jnp.int32)
-        return stat.finish(stat.step(stat.init(rows), tiles, cols, args, 1))
+        first = stat.finish(stat.step(stat.init(rows), tiles, cols, args, 1))
+        if stat.then is None:
+            return first, first
+        then = stat.then
+        return first, then.finish(then.step(then.init(rows), tiles, cols, args, 1, first), first, args)
     return jax.eval_shape(probe, tiles, args)
 
 
@@ -197,7 +217,7 @@ def _triton(stat: RowPass, arrays, row_args, *, interpret: bool):
     n_in, n_args = len(arrays), len(row_args)
     tile = jax.ShapeDtypeStruct((block, cols), jnp.float32)
     arg_blocks = [jax.ShapeDtypeStruct((block, 1), r.dtype) for r in row_args]
-    outs, out_tree = jax.tree.flatten(_out_structs(stat, block, [tile] * n_in, arg_blocks))
+    outs, out_tree = jax.tree.flatten(_out_structs(stat, block, [tile] * n_in, arg_blocks)[1])
 
     def kernel(*refs):
         in_refs, arg_refs, out_refs = refs[:n_in], refs[n_in:n_in + n_args], refs[n_in + n_args:]
@@ -207,15 +227,21 @@ def _triton(stat: RowPass, arrays, row_args, *, interpret: bool):
         span = pl.dslice(first, block)
         args = [plgpu.load(r.at[span], mask=live[:, 0], other=0)[:, None] for r in arg_refs]
 
-        def body(j, state):
-            col = j * cols + jnp.arange(cols)[None, :]
-            mask = live & (col < classes)
-            tiles = [plgpu.load(r.at[span, pl.dslice(j * cols, cols)], mask=mask, other=-jnp.inf)
-                     .astype(jnp.float32) for r in in_refs]
-            return stat.step(state, tiles, col, args, classes)
+        def sweep(step, init):
+            def body(j, state):
+                col = j * cols + jnp.arange(cols)[None, :]
+                mask = live & (col < classes)
+                tiles = [plgpu.load(r.at[span, pl.dslice(j * cols, cols)], mask=mask, other=-jnp.inf)
+                         .astype(jnp.float32) for r in in_refs]
+                return step(state, tiles, col, args, classes)
+            return jax.lax.fori_loop(0, steps, body, init)
 
-        state = jax.lax.fori_loop(0, steps, body, stat.init(block))
-        for ref, value in zip(out_refs, jax.tree.leaves(stat.finish(state))):
+        results = stat.finish(sweep(stat.step, stat.init(block)))
+        if stat.then is not None:
+            first, then = results, stat.then
+            state = sweep(lambda *a: then.step(*a, first), then.init(block))
+            results = then.finish(state, first, args)
+        for ref, value in zip(out_refs, jax.tree.leaves(results)):
             plgpu.store(ref.at[span], value[:, 0], mask=live[:, 0])
 
     out = pl.pallas_call(
@@ -224,7 +250,7 @@ def _triton(stat: RowPass, arrays, row_args, *, interpret: bool):
         grid=(pl.cdiv(rows, block),),
         compiler_params=plgpu.CompilerParams(num_warps=warps, num_stages=1),
         interpret=interpret,
-        name="jaxdiv_row_pass",
+        name=_kernel_name(stat),
     )(*arrays, *row_args)
     return jax.tree.unflatten(out_tree, out)
 
@@ -250,48 +276,86 @@ def _mosaic(stat: RowPass, arrays, row_args, *, interpret: bool):
     rows, classes = arrays[0].shape
     block, cols = _tpu_tiles(rows, classes)
     steps = pl.cdiv(classes, cols)
+    sweeps = 1 if stat.then is None else 2
     n_in, n_args = len(arrays), len(row_args)
-    leaves, state_tree = _state_leaves(stat, block)
     tile = jax.ShapeDtypeStruct((block, cols), jnp.float32)
     arg_blocks = [jax.ShapeDtypeStruct((block, 1), r.dtype) for r in row_args]
-    outs, out_tree = jax.tree.flatten(_out_structs(stat, block, [tile] * n_in, arg_blocks))
-    n_out = len(outs)
+    first_shapes, out_shapes = _out_structs(stat, block, [tile] * n_in, arg_blocks)
+    outs, out_tree = jax.tree.flatten(out_shapes)
+    # The scratch: the first sweep's state and results, then the second's state.
+    scratch = [stat.init]
+    if stat.then is not None:
+        scratch += [lambda rows: first_shapes, stat.then.init]
+    shapes = [jax.eval_shape(lambda f=f: f(block)) for f in scratch]
+    trees = [jax.tree.structure(x) for x in shapes]
+    leaves = [leaf for x in shapes for leaf in jax.tree.leaves(x)]
 
     def kernel(*refs):
         in_refs = refs[:n_in]
         arg_refs = refs[n_in:n_in + n_args]
-        out_refs = refs[n_in + n_args:n_in + n_args + n_out]
-        state_refs = refs[n_in + n_args + n_out:]
+        out_refs = refs[n_in + n_args:n_in + n_args + len(outs)]
+        scratch_refs = list(refs[n_in + n_args + len(outs):])
+        groups = []
+        for tree in trees:
+            groups.append(scratch_refs[:tree.num_leaves])
+            scratch_refs = scratch_refs[tree.num_leaves:]
+
+        def load(k):
+            return jax.tree.unflatten(trees[k], [ref[...] for ref in groups[k]])
+
+        def store(k, value):
+            for ref, leaf in zip(groups[k], jax.tree.leaves(value)):
+                ref[...] = leaf
+
+        def write(results):
+            for ref, value in zip(out_refs, jax.tree.leaves(results)):
+                ref[...] = value
+
         j = pl.program_id(1)
+        col = (j % steps) * cols + jax.lax.broadcasted_iota(jnp.int32, (1, cols), 1)
+        tiles = [jnp.where(col < classes, r[...].astype(jnp.float32), -jnp.inf) for r in in_refs]
+        args = [r[...] for r in arg_refs]
 
         @pl.when(j == 0)
         def _():
-            for ref, value in zip(state_refs, jax.tree.leaves(stat.init(block))):
-                ref[...] = value
+            store(0, stat.init(block))
 
-        state = jax.tree.unflatten(state_tree, [ref[...] for ref in state_refs])
-        col = j * cols + jax.lax.broadcasted_iota(jnp.int32, (1, cols), 1)
-        tiles = [jnp.where(col < classes, r[...].astype(jnp.float32), -jnp.inf) for r in in_refs]
-        state = stat.step(state, tiles, col, [r[...] for r in arg_refs], classes)
-        for ref, value in zip(state_refs, jax.tree.leaves(state)):
-            ref[...] = value
-
-        @pl.when(j == steps - 1)
+        @pl.when(j < steps)
         def _():
-            for ref, value in zip(out_refs, jax.tree.leaves(stat.finish(state))):
-                ref[...] = value
+            state = stat.step(load(0), tiles, col, args, classes)
+            store(0, state)
+
+            @pl.when(j == steps - 1)
+            def _():
+                first = stat.finish(state)
+                if stat.then is None:
+                    write(first)
+                else:
+                    store(1, first)
+                    store(2, stat.then.init(block))
+
+        if stat.then is not None:
+            @pl.when(j >= steps)
+            def _():
+                first = load(1)
+                state = stat.then.step(load(2), tiles, col, args, classes, first)
+                store(2, state)
+
+                @pl.when(j == sweeps * steps - 1)
+                def _():
+                    write(stat.then.finish(state, first, args))
 
     row_spec = pl.BlockSpec((block, 1), lambda i, j: (i, 0))
     out = pl.pallas_call(
         kernel,
         out_shape=[jax.ShapeDtypeStruct((rows, 1), jnp.float32) for _ in outs],
-        grid=(pl.cdiv(rows, block), steps),
-        in_specs=[pl.BlockSpec((block, cols), lambda i, j: (i, j))] * n_in + [row_spec] * n_args,
-        out_specs=[row_spec] * n_out,
+        grid=(pl.cdiv(rows, block), sweeps * steps),
+        in_specs=[pl.BlockSpec((block, cols), lambda i, j: (i, j % steps))] * n_in + [row_spec] * n_args,
+        out_specs=[row_spec] * len(outs),
         scratch_shapes=[pltpu.VMEM(leaf.shape, leaf.dtype) for leaf in leaves],
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
         interpret=pltpu.InterpretParams() if interpret else False,
-        name="jaxdiv_row_pass",
+        name=_kernel_name(stat),
     )(*arrays, *(r[:, None] for r in row_args))
     return jax.tree.unflatten(out_tree, [o[:, 0] for o in out])
 

@@ -163,11 +163,17 @@ def _tv_term(t: Pair, params) -> Array:
     return 0.5 * jnp.where(near, t.p * jnp.abs(expm1_series(-ell)), jnp.abs(t.p - t.q))
 
 
+def _sign(x: Array) -> Array:
+    # jnp.sign itself: Mosaic's lowering of it asks for the TPU's generation,
+    # which a lowering without a TPU attached cannot give.
+    return jnp.where(x > 0, 1.0, jnp.where(x < 0, -1.0, 0.0 * x))
+
+
 TOTAL_VARIATION = Terms(
     term=_tv_term,
     # sign(l) is 0 where P_i = Q_i: the zero subgradient.
-    d_log_p=lambda t, params: 0.5 * jnp.sign(t.log_ratio) * t.p,
-    d_log_q=lambda t, params: -0.5 * jnp.sign(t.log_ratio) * t.q,
+    d_log_p=lambda t, params: 0.5 * _sign(t.log_ratio) * t.p,
+    d_log_q=lambda t, params: -0.5 * _sign(t.log_ratio) * t.q,
     symmetric=True,
     upper=lambda params: 1.0,
 )

@@ -36,8 +36,10 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
+from jaxdiv import _online
 from jaxdiv._numerics import (
     LogRatio,
+    promote,
     classes_are_split,
     classes_split_over,
     current_branch,
@@ -53,6 +55,7 @@ from jaxdiv._numerics import (
     shifted_difference,
     two_product,
 )
+from jaxdiv._pallas import RowPass, Sweep, differentiable, tiles_only
 
 Array = jax.Array
 
@@ -408,3 +411,84 @@ def _build(space: _Space, terms: Terms, axis_name):
 
     value.defjvp(value_jvp, symbolic_zeros=True)
     return recompute_in_backward(value)
+
+
+# ---------------------------------------------- one pass over the logits (Pallas)
+#
+# The terms need log P and log Q, hence both normalisers, before the first term
+# is formed: the kernel sweeps each row twice, first for the statistics of
+# log_ratio (jaxdiv._online's KL sums), then for the terms and their gradient
+# sums. The backward pass is _coefficients, elementwise from those.
+
+
+class _TermSums(NamedTuple):
+    value: Array   # sum of the terms
+    sum_a: Array   # sum of dt/dlog P
+    sum_b: Array   # sum of dt/dlog Q
+
+
+def _squeezed(stats):
+    return jax.tree.map(lambda v: v[:, 0], stats)
+
+
+def _term_sums_init(rows: int) -> _TermSums:
+    zero = jnp.zeros((rows, 1), jnp.float32)
+    return _TermSums(zero, zero, zero)
+
+
+def _term_sums_step(terms: Terms, state: _TermSums, tiles, cols, params, classes, first) -> _TermSums:
+    x, y = tiles
+    pair = _logits_pair(x, y, _squeezed(first))
+    params = tuple(params)
+    return _TermSums(*(total + jnp.sum(t, axis=-1, keepdims=True) for total, t in zip(
+        state, (terms.term(pair, params), terms.d_log_p(pair, params), terms.d_log_q(pair, params)))))
+
+
+def _term_sums_finish(terms: Terms, state: _TermSums, first, params) -> tuple:
+    """:func:`_rows`'s post-processing of the row sums: bounds, empty rows, NaN rows."""
+    params = tuple(params)
+    value = jnp.maximum(state.value, 0.0)
+    if terms.upper is not None:
+        value = jnp.minimum(value, jnp.asarray(terms.upper(params)))
+    if terms.empty_q is not None:
+        value = jnp.where(LOGITS.has_q(first), value, terms.empty_q)
+    value = jnp.where(_has_mass(LOGITS, terms, first), value, 0.0)
+    value = jnp.where(LOGITS.invalid(first), jnp.nan, value)
+    live = jnp.isfinite(value) & _has_mass(LOGITS, terms, first)
+    sum_a, sum_b = (jnp.where(live, t, 0.0) for t in (state.sum_a, state.sum_b))
+    return value, sum_a, sum_b, jnp.zeros_like(value), first   # never swapped
+
+
+def _term_sums_xla(terms: Terms, x: Array, y: Array, *params) -> tuple:
+    rows = map_rows(lambda a, b, *ps: _rows(LOGITS, terms, tuple(ps), a, b, True), x, y, *params)
+    return rows.value, rows.sum_a, rows.sum_b, rows.swap.astype(rows.value.dtype), rows.stats
+
+
+def _term_sums_backward(terms: Terms, arrays, params, results, cotangents):
+    value, sum_a, sum_b, swap, stats = results
+    x, y = (promote(a) for a in arrays)
+    rows = _Rows(value, stats, swap > 0, sum_a, sum_b)
+    coefs = _coefficients(LOGITS, terms, params, x, y, rows)
+    g = cotangents[0][..., None]
+    # NaN inputs poison their own row's gradient, as in the XLA path.
+    poison = jnp.where(LOGITS.invalid(stats), jnp.nan, 1.0)[..., None]
+    grads = tuple(jnp.where(g == 0, 0.0, g * c * poison).astype(a.dtype) for a, c in zip(arrays, coefs))
+    return grads, tuple(None for _ in params)
+
+
+@functools.lru_cache(maxsize=64)
+def _one_pass(terms: Terms):
+    stat = RowPass(_online.kl_init, tiles_only(_online.kl_update), _online.kl_finish,
+                   functools.partial(_term_sums_xla, terms),
+                   then=Sweep(_term_sums_init, functools.partial(_term_sums_step, terms),
+                              functools.partial(_term_sums_finish, terms)))
+    return differentiable(stat, functools.partial(_term_sums_backward, terms))
+
+
+def divergence_one_pass(terms: Terms, x: Array, y: Array, params: tuple = ()) -> Array:
+    """:func:`divergence` on logits in a Pallas kernel (two sweeps over each row, see above)."""
+    x, y = jnp.broadcast_arrays(x, y)
+    batch = x.shape[:-1]
+    dtype = jnp.result_type(x.dtype, jnp.float32)
+    row_params = tuple(jnp.broadcast_to(jnp.asarray(v, dtype), batch) for v in params)
+    return _one_pass(terms)((x, y), row_params)[0]

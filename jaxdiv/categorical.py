@@ -276,15 +276,12 @@ def _kl_step(state, tiles, cols, args, classes):
     return _online.kl_update(state, *tiles)
 
 
-def _kl_rows(p: Array, q: Array, *args) -> _online.KLResiduals:
-    if args:
-        scale, valid = args
-        s = map_rows(lambda a, b, c, v: log_ratio(
-            _temper_tile(a, c[..., None], v[..., None]), _temper_tile(b, c[..., None], v[..., None])),
-            p, q, scale, valid)
-    else:
-        s = map_rows(log_ratio, p, q)
-    return _online.KLResiduals(s.kl, s.shift_p, s.lse_p, s.shift_on, s.lse_q, s.gap)
+def _kl_rows(p: Array, q: Array, *args) -> LogRatio:
+    if not args:
+        return map_rows(log_ratio, p, q)
+    return map_rows(lambda a, b, c, v: log_ratio(
+        _temper_tile(a, c[..., None], v[..., None]), _temper_tile(b, c[..., None], v[..., None])),
+        p, q, *args)
 
 
 def _kl_backward(arrays, args, results, cotangents):

@@ -30,7 +30,8 @@ import jax.numpy as jnp
 from jaxdiv import _checks, _terms
 from jaxdiv._dispatch import eager_jit
 from jaxdiv._numerics import any_class, check_axis_name, classes_split_over, log_softmax, safe_sqrt
-from jaxdiv._termwise import LOGITS, divergence
+from jaxdiv._pallas import choose
+from jaxdiv._termwise import LOGITS, divergence, divergence_one_pass
 from jaxdiv.categorical import _kl
 
 Array = jax.Array
@@ -55,10 +56,21 @@ def _pair(p_logits, q_logits, axis, where, axis_name=None):
     return p, q
 
 
-def _js(p_logits, q_logits, beta, axis, where, axis_name=None) -> Array:
+def _family(terms, p, q, params=(), axis_name=None, implementation="xla") -> Array:
+    """``divergence(LOGITS, terms, ...)``, in the Pallas kernel when asked for and possible."""
+
+    def one_pass():
+        if axis_name is not None:
+            raise NotImplementedError("the Pallas kernels read whole rows; axis_name splits them")
+        return divergence_one_pass(terms, p, q, params)
+
+    return choose(implementation, one_pass, lambda: divergence(LOGITS, terms, p, q, params, axis_name))
+
+
+def _js(p_logits, q_logits, beta, axis, where, axis_name=None, implementation="xla") -> Array:
     p, q = _pair(p_logits, q_logits, axis, where, axis_name)
     weights = tuple(jnp.asarray(w, p.dtype) for w in _checks.mixture_weights(beta))
-    return divergence(LOGITS, _terms.JENSEN_SHANNON, p, q, weights, axis_name)
+    return _family(_terms.JENSEN_SHANNON, p, q, weights, axis_name, implementation)
 
 
 @eager_jit
@@ -71,6 +83,7 @@ def js_divergence(
     where: Optional[ArrayLike] = None,
     axis_name: Optional[str] = None,
     base: Optional[float] = None,
+    implementation: str = "xla",
 ) -> Array:
     r"""Jensen-Shannon divergence, or its generalised-:math:`\beta` form.
 
@@ -99,6 +112,10 @@ def js_divergence(
       axis_name: inside ``jax.shard_map`` with the class axis split over this
         mesh axis: the per-row statistics are combined across it (see
         :func:`jaxdiv.kl_divergence`). None: whole rows.
+      implementation: ``"xla"`` (default) or ``"pallas"``: a Pallas kernel on
+        GPU and TPU that sweeps each row twice (the normalisers, then the
+        terms) and keeps per-row statistics only; the XLA path on the CPU and
+        with ``axis_name``. Reverse-mode differentiation only.
 
     Returns:
       the divergence, class axis removed. Its square root is
@@ -114,7 +131,7 @@ def js_divergence(
       >>> print(f"{jaxdiv.js_divergence(p, q, base=2):.6f}")  # disjoint: 1 bit
       1.000000
     """
-    return _checks.in_base(_js(p_logits, q_logits, beta, axis, where, axis_name), base)
+    return _checks.in_base(_js(p_logits, q_logits, beta, axis, where, axis_name, implementation), base)
 
 
 @eager_jit
@@ -126,6 +143,7 @@ def js_distance(
     where: Optional[ArrayLike] = None,
     axis_name: Optional[str] = None,
     base: Optional[float] = None,
+    implementation: str = "xla",
 ) -> Array:
     r"""Jensen-Shannon distance :math:`\sqrt{JS(P, Q)}`, a metric on distributions.
 
@@ -135,13 +153,17 @@ def js_distance(
     ``axis``, ``where`` and ``axis_name`` (the class axis split over a mesh
     axis) are as for :func:`js_divergence`.
 
+    ``implementation``: ``"xla"`` (default) or ``"pallas"``, as for
+    :func:`js_divergence`.
+
     Example:
       >>> import jax.numpy as jnp, jaxdiv
       >>> p, q = jnp.log(jnp.array([0.5, 0.5])), jnp.log(jnp.array([1.0, 0.0]))
       >>> print(f"{jaxdiv.js_distance(p, q, base=2):.6f}")
       0.557923
     """
-    return safe_sqrt(_checks.in_base(_js(p_logits, q_logits, 0.5, axis, where, axis_name), base))
+    js = _js(p_logits, q_logits, 0.5, axis, where, axis_name, implementation)
+    return safe_sqrt(_checks.in_base(js, base))
 
 
 @eager_jit
@@ -152,6 +174,7 @@ def total_variation(
     axis: int = -1,
     where: Optional[ArrayLike] = None,
     axis_name: Optional[str] = None,
+    implementation: str = "xla",
 ) -> Array:
     r"""Total variation distance :math:`\tfrac12 \sum_i |P_i - Q_i|`, in ``[0, 1]``.
 
@@ -165,6 +188,9 @@ def total_variation(
     ``axis``, ``where`` and ``axis_name`` (the class axis split over a mesh
     axis) are as for :func:`js_divergence`.
 
+    ``implementation``: ``"xla"`` (default) or ``"pallas"``, as for
+    :func:`js_divergence`.
+
     Example:
       >>> import jax.numpy as jnp, jaxdiv
       >>> p, q = jnp.log(jnp.array([0.5, 0.5])), jnp.log(jnp.array([0.9, 0.1]))
@@ -172,7 +198,7 @@ def total_variation(
       0.400000
     """
     p, q = _pair(p_logits, q_logits, axis, where, axis_name)
-    return divergence(LOGITS, _terms.TOTAL_VARIATION, p, q, axis_name=axis_name)
+    return _family(_terms.TOTAL_VARIATION, p, q, (), axis_name, implementation)
 
 
 @eager_jit
@@ -184,6 +210,7 @@ def hellinger_distance(
     where: Optional[ArrayLike] = None,
     axis_name: Optional[str] = None,
     squared: bool = False,
+    implementation: str = "xla",
 ) -> Array:
     r"""Hellinger distance :math:`\sqrt{\tfrac12 \sum_i (\sqrt{P_i} - \sqrt{Q_i})^2}`, in ``[0, 1]``.
 
@@ -197,6 +224,9 @@ def hellinger_distance(
     ``axis``, ``where`` and ``axis_name`` (the class axis split over a mesh
     axis) are as for :func:`js_divergence`.
 
+    ``implementation``: ``"xla"`` (default) or ``"pallas"``, as for
+    :func:`js_divergence`.
+
     Example:
       >>> import jax.numpy as jnp, jaxdiv
       >>> p, q = jnp.log(jnp.array([1.0, 0.0])), jnp.log(jnp.array([0.0, 1.0]))
@@ -204,7 +234,7 @@ def hellinger_distance(
       1.000000
     """
     p, q = _pair(p_logits, q_logits, axis, where, axis_name)
-    h2 = divergence(LOGITS, _terms.HELLINGER, p, q, axis_name=axis_name)
+    h2 = _family(_terms.HELLINGER, p, q, (), axis_name, implementation)
     return h2 if squared else safe_sqrt(h2)
 
 

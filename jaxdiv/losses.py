@@ -316,8 +316,9 @@ def distillation_loss(
         ``jax.shard_map``, as for :func:`softmax_cross_entropy`.
       implementation: ``"xla"`` (default) or ``"pallas"``: ``"forward_kl"``
         and ``"reverse_kl"`` in one pass over both logits (temperature and
-        mask applied inside the kernel) on GPU and TPU; the XLA path on the
-        CPU, for ``"jsd"`` and with ``axis_name``. Reverse mode only.
+        mask applied inside the kernel) and ``"jsd"`` (two sweeps, on the
+        tempered logits) on GPU and TPU; the XLA path on the CPU and with
+        ``axis_name``. Reverse mode only.
 
     Returns:
       the loss, in ``result_type(dtype, float32)``. ``+inf`` for
@@ -367,7 +368,7 @@ def distillation_loss(
         value = choose(implementation, one_pass, lambda: _scaled_kl(axis_name)(p, q, inverse, valid))
     else:
         s, t = _tempered(s, inverse, valid), _tempered(t, inverse, valid)
-        value = js_divergence(t, s, beta=beta, axis_name=axis_name)
+        value = js_divergence(t, s, beta=beta, axis_name=axis_name, implementation=implementation)
     if not unit_temperature:
         value = value * jnp.square(jnp.asarray(temperature, value.dtype))
     return _reduce(value, _counts(valid, batch, value.dtype), reduction)
