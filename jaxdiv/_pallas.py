@@ -162,12 +162,25 @@ def row_pass(stat: RowPass, arrays: tuple, row_args: tuple = ()):
     def xla(*xs):
         return stat.xla(*(_numerics.promote(x) for x in xs))
 
-    if _interpreted == "triton":
-        out = triton(*flat, *flat_args)
-    elif _interpreted == "mosaic":
-        out = mosaic(*flat, *flat_args)
-    else:
-        out = jax.lax.platform_dependent(*flat, *flat_args, cuda=triton, tpu=mosaic, default=xla)
+    # Under vmap the mapped axis is more rows: the kernel takes them as such
+    # (Pallas's own batching would add a grid axis, which Mosaic's
+    # dimension semantics do not expect).
+    @jax.custom_batching.custom_vmap
+    def run(*xs):
+        if _interpreted == "triton":
+            return triton(*xs)
+        if _interpreted == "mosaic":
+            return mosaic(*xs)
+        return jax.lax.platform_dependent(*xs, cuda=triton, tpu=mosaic, default=xla)
+
+    @run.def_vmap
+    def _(axis_size, batched, *xs):
+        xs = [x if b else jnp.broadcast_to(x, (axis_size, *x.shape)) for x, b in zip(xs, batched)]
+        out = run(*(x.reshape(-1, *x.shape[2:]) for x in xs))
+        return (jax.tree.map(lambda o: o.reshape(axis_size, -1), out),
+                jax.tree.map(lambda _: True, out))
+
+    out = run(*flat, *flat_args)
     return jax.tree.map(lambda t: t.reshape(batch), out)
 
 
