@@ -1,4 +1,4 @@
-r"""Per-row statistics accumulated tile by tile: KL, cross-entropy and entropy in one pass.
+r"""Per-row statistics accumulated tile by tile: KL, cross-entropies and entropy in one pass.
 
 A kernel that reads each row once sees its classes as a sequence of column
 tiles and cannot know a row's maximum before the end. Every statistic here is
@@ -27,12 +27,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxdiv._numerics import (
     _LOG_SMALLEST_NORMAL,
-    LogRatio,
     _PHI_SERIES_RADIUS,
+    LogRatio,
     neg_log1pmx,
     phi_series,
     two_sum,
@@ -431,5 +430,3 @@ def run_in_tiles(init, update, finish, *arrays: Array, tile: int):
 def _squeeze(out):
     return jax.tree.map(lambda t: t[:, 0], out)
 
-
-del np

@@ -26,7 +26,6 @@ than discovered by a failed compile.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from typing import Callable, NamedTuple, Optional
 
@@ -372,5 +371,3 @@ def _mosaic(stat: RowPass, arrays, row_args, *, interpret: bool):
     )(*arrays, *(r[:, None] for r in row_args))
     return jax.tree.unflatten(out_tree, [o[:, 0] for o in out])
 
-
-del functools

@@ -483,3 +483,27 @@ def test_vmap_lowers_to_one_kernel():
         text = _lowered(jax.vmap(lambda a, b: jaxdiv.kl_divergence(a, b, implementation="pallas")),
                         x, x, platform=platform)
         assert len(re.findall(r"custom_call @(__gpu|tpu_custom_call)\b", text)) == 1
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_class_masks_match_the_xla_path(kernel, rng, small_tiles):
+    """``where=`` over classes (applied before the kernel): values and gradients, masked entries 0."""
+    p, q = _hard_pair(rng)
+    rows = np.r_[0:13, 14:17]                 # not the 1e4 offset (see the values test)
+    p, q = p[rows], q[rows]
+    where = rng.random(p.shape) < 0.7
+
+    def both(a, b, **k):
+        values, pullback = jax.vjp(lambda a, b: jaxdiv.kl_divergence(a, b, where=where, **k)
+                                   + jaxdiv.js_divergence(a, b, where=where, **k), a, b)
+        return values, pullback(jnp.where(jnp.isfinite(values), 1.0, 0.0))
+
+    want = jax.jit(both)(p, q)
+    with _pallas.interpreted(kernel):
+        got = jax.jit(lambda a, b: both(a, b, implementation="pallas"))(p, q)
+    _both_nan_or_close(got[0], want[0], 2e-5)
+    for g, w in zip(got[1], want[1]):
+        g, w = np.asarray(g), np.asarray(w)
+        assert np.all(g[~where] == 0.0) and not np.isnan(g).any()
+        ok = ~np.isnan(w).any(-1)
+        np.testing.assert_allclose(g[ok], w[ok], rtol=1e-5, atol=2e-6)
