@@ -305,8 +305,8 @@ def _mosaic(stat: RowPass, arrays, row_args, *, interpret: bool):
     def kernel(*refs):
         in_refs = refs[:n_in]
         arg_refs = refs[n_in:n_in + n_args]
-        out_refs = refs[n_in + n_args:n_in + n_args + len(outs)]
-        scratch_refs = list(refs[n_in + n_args + len(outs):])
+        out_ref = refs[n_in + n_args]
+        scratch_refs = list(refs[n_in + n_args + 1:])
         groups = []
         for tree in trees:
             groups.append(scratch_refs[:tree.num_leaves])
@@ -320,8 +320,8 @@ def _mosaic(stat: RowPass, arrays, row_args, *, interpret: bool):
                 ref[...] = leaf
 
         def write(results):
-            for ref, value in zip(out_refs, jax.tree.leaves(results)):
-                ref[...] = value
+            for k, value in enumerate(jax.tree.leaves(results)):
+                out_ref[:, k:k + 1] = value
 
         j = pl.program_id(1)
         col = (j % steps) * cols + jax.lax.broadcasted_iota(jnp.int32, (1, cols), 1)
@@ -358,16 +358,18 @@ def _mosaic(stat: RowPass, arrays, row_args, *, interpret: bool):
                     write(stat.then.finish(state, first, args))
 
     row_spec = pl.BlockSpec((block, 1), lambda i, j: (i, 0))
+    # One [rows, results] output: each [rows, 1] array would be laid out
+    # padded to 128 lanes in HBM (4 MiB per result at 8192 rows).
     out = pl.pallas_call(
         kernel,
-        out_shape=[jax.ShapeDtypeStruct((rows, 1), jnp.float32) for _ in outs],
+        out_shape=jax.ShapeDtypeStruct((rows, len(outs)), jnp.float32),
         grid=(pl.cdiv(rows, block), sweeps * steps),
         in_specs=[pl.BlockSpec((block, cols), lambda i, j: (i, j % steps))] * n_in + [row_spec] * n_args,
-        out_specs=[row_spec] * len(outs),
+        out_specs=pl.BlockSpec((block, len(outs)), lambda i, j: (i, 0)),
         scratch_shapes=[pltpu.VMEM(leaf.shape, leaf.dtype) for leaf in leaves],
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
         interpret=pltpu.InterpretParams() if interpret else False,
         name=_kernel_name(stat),
     )(*arrays, *(r[:, None] for r in row_args))
-    return jax.tree.unflatten(out_tree, [o[:, 0] for o in out])
+    return jax.tree.unflatten(out_tree, [out[:, k] for k in range(len(outs))])
 
