@@ -100,6 +100,19 @@ def programs():
         "gaussian.entropy_tril": (lambda a: gaussian.entropy_tril(_tril(a)), [square], (0,), True),
         "losses.kl_penalty": (
             lambda a, b: losses.kl_penalty(a, b, reduction="none"), [labels_f, labels_f], (0,), True),
+        # the Pallas kernels' path: on the CPU their XLA twin, inside the same
+        # row partitioning that splits the kernels on GPU and TPU
+        "kl_divergence [pallas]": (
+            lambda p, q: jaxdiv.kl_divergence(p, q, implementation="pallas"), pair, (0, 1), True),
+        "js_divergence [pallas]": (
+            lambda p, q: jaxdiv.js_divergence(p, q, implementation="pallas"), pair, (0, 1), True),
+        "kl_divergence [B, T, C] over T [pallas]": (
+            lambda p, q: jaxdiv.kl_divergence(p, q, implementation="pallas"), [sequence, sequence], (0, 1),
+            True),
+        "losses.softmax_cross_entropy [pallas]": (
+            lambda x, y: losses.softmax_cross_entropy(x, y, label_smoothing=0.1, reduction="none",
+                                                      implementation="pallas"),
+            [logits, labels], (0,), True),
         "fused.linear_cross_entropy": (
             lambda h, w, y: fused.linear_cross_entropy(h, w, y, reduction="none"), [hidden, weight, labels],
             (0, 1)),

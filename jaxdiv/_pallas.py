@@ -134,10 +134,6 @@ def differentiable(stat: RowPass, backward: Callable) -> Callable:
     return value
 
 
-def _rows_2d(x: jax.Array) -> jax.Array:
-    return x.reshape(-1, x.shape[-1])
-
-
 def row_pass(stat: RowPass, arrays: tuple, row_args: tuple = ()):
     """``stat`` over the rows of ``arrays`` (``[..., C]``, same shape), per-row results of the batch shape.
 
@@ -148,39 +144,87 @@ def row_pass(stat: RowPass, arrays: tuple, row_args: tuple = ()):
             raise NotImplementedError(f"Pallas kernels take 16- or 32-bit floats, got {a.dtype}")
     if _numerics.classes_are_split():
         raise NotImplementedError("Pallas kernels read whole rows; the classes are split over devices")
-    batch = arrays[0].shape[:-1]
-    flat = tuple(_rows_2d(a) for a in arrays)
-    flat_args = tuple(r.reshape(-1) for r in row_args)
+    n = len(arrays)
+
+    def on_rows(fn):
+        """``fn`` of ``[rows, C]`` arrays and ``[rows]`` arguments, on any leading dimensions."""
+        def run(*xs):
+            lead = xs[0].shape[:-1]
+            out = fn(*(x.reshape(-1, x.shape[-1]) for x in xs[:n]), *(r.reshape(-1) for r in xs[n:]))
+            return jax.tree.map(lambda t: t.reshape(lead), out)
+        return run
 
     def triton(*xs):
-        return _triton(stat, xs[:len(flat)], xs[len(flat):], interpret=_interpreted == "triton")
+        return _triton(stat, xs[:n], xs[n:], interpret=_interpreted == "triton")
 
     def mosaic(*xs):
-        return _mosaic(stat, xs[:len(flat)], xs[len(flat):], interpret=_interpreted == "mosaic")
+        return _mosaic(stat, xs[:n], xs[n:], interpret=_interpreted == "mosaic")
 
     def xla(*xs):
         return stat.xla(*(_numerics.promote(x) for x in xs))
 
-    # Under vmap the mapped axis is more rows: the kernel takes them as such
-    # (Pallas's own batching would add a grid axis, which Mosaic's
-    # dimension semantics do not expect).
-    @jax.custom_batching.custom_vmap
-    def run(*xs):
+    def kernel(*xs):
         if _interpreted == "triton":
             return triton(*xs)
         if _interpreted == "mosaic":
             return mosaic(*xs)
         return jax.lax.platform_dependent(*xs, cuda=triton, tpu=mosaic, default=xla)
 
+    # Under vmap the mapped axis is one more leading dimension: the kernel
+    # takes its rows as more rows (Pallas's own batching would add a grid
+    # axis, which Mosaic's dimension semantics do not expect).
+    @jax.custom_batching.custom_vmap
+    def run(*xs):
+        if _interpreted:   # the interpreters' callbacks cannot be partitioned (tests: one device)
+            return on_rows(kernel)(*xs)
+        return _split_over_rows(on_rows(kernel), xs, jax.eval_shape(on_rows(xla), *xs))
+
     @run.def_vmap
     def _(axis_size, batched, *xs):
-        xs = [x if b else jnp.broadcast_to(x, (axis_size, *x.shape)) for x, b in zip(xs, batched)]
-        out = run(*(x.reshape(-1, *x.shape[2:]) for x in xs))
-        return (jax.tree.map(lambda o: o.reshape(axis_size, -1), out),
-                jax.tree.map(lambda _: True, out))
+        out = run(*(x if b else jnp.broadcast_to(x, (axis_size, *x.shape)) for x, b in zip(xs, batched)))
+        return out, jax.tree.map(lambda _: True, out)
 
-    out = run(*flat, *flat_args)
-    return jax.tree.map(lambda t: t.reshape(batch), out)
+    return run(*arrays, *row_args)
+
+
+def _split_over_rows(kernel: Callable, xs: tuple, out_shapes):
+    """``kernel(*xs)``, run on each device's rows when ``jit`` partitions the inputs.
+
+    A Pallas call is a custom call that XLA cannot partition (Mosaic refuses
+    to lower it under a sharded ``jit``; a GPU would gather the inputs). Rows
+    are independent, so each device runs the kernel on its own part of the
+    leading (batch) dimensions, whichever are sharded, with the class axis
+    whole. ``out_shapes``: the results' structure (batch-shaped arrays).
+    """
+    from jax.experimental.custom_partitioning import custom_partitioning
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    leaves, tree = jax.tree.flatten(out_shapes)
+    lead = xs[0].ndim - 1
+
+    def flat_kernel(*xs):
+        return tuple(jax.tree.leaves(kernel(*xs)))
+
+    def batch_shardings(mesh, arg_shapes):
+        spec = tuple(getattr(arg_shapes[0].sharding, "spec", ()))
+        batch = (spec + (None,) * lead)[:lead]
+        return NamedSharding(mesh, PartitionSpec(*batch, None)), NamedSharding(mesh, PartitionSpec(*batch))
+
+    def infer(mesh, arg_shapes, result_shape):
+        return tuple(batch_shardings(mesh, arg_shapes)[1] for _ in leaves)
+
+    def partition(mesh, arg_shapes, result_shape):
+        arrays, rows = batch_shardings(mesh, arg_shapes)
+        args = tuple(arrays if a.ndim == lead + 1 else rows for a in arg_shapes)
+        return mesh, flat_kernel, tuple(rows for _ in leaves), args
+
+    split = custom_partitioning(flat_kernel)
+    batch = " ".join(f"b{i}" for i in range(lead))
+    operands = ", ".join(f"{batch} c" if x.ndim == lead + 1 else batch for x in xs)
+    split.def_partition(partition=partition, infer_sharding_from_operands=infer,
+                        sharding_rule=f"{operands} -> {', '.join(batch for _ in leaves)}",
+                        need_replication_factors=("c",))
+    return jax.tree.unflatten(tree, split(*xs))
 
 
 def _kernel_name(stat: RowPass) -> str:

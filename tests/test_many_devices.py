@@ -67,9 +67,15 @@ def test_the_work_divides(reports):
     # JS value+grad's partitioned program repeats some adds and multiplies in
     # its fusions (+14%; its exponentials and logs divide exactly). A few KiB of
     # per-device overhead (scalars, constants) are allowed for the small programs.
+    # The Pallas path's programs are left out: each device's part is a program
+    # of its own (custom partitioning), whose CPU blocks are sized for its rows,
+    # so loop bodies counted once do not compare; their collectives and array
+    # sizes are checked above.
     bad = []
     for n in COUNTS:
         for name, entry in reports[n].items():
+            if "[pallas]" in name:
+                continue
             one = reports[1][name.replace(" [vocabulary]", "")]
             # (the vocabulary split adds the per-row combination of partial sums)
             bound = 1.15 if name.startswith("js_") or name.endswith("[vocabulary]") else 1.10
