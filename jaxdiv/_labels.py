@@ -49,7 +49,7 @@ from jaxdiv._numerics import (
     row_stats,
     row_sum,
 )
-from jaxdiv._pallas import RowPass, differentiable
+from jaxdiv._pallas import RowPass, cotangent_times, differentiable
 
 Array = jax.Array
 
@@ -245,7 +245,7 @@ def _one_pass_backward(cap, arrays, args, results, cotangents):
     in_range = (labels >= 0) & (labels < x.shape[-1])
     d_nll = jnp.where(in_range[..., None], probs - onehot, jnp.nan)
     d_uniform = (count[..., None] / n) * probs - jnp.where(x > -jnp.inf, 1.0, 0.0) / n
-    grad = sum(jnp.where(g == 0, 0.0, g * d) for g, d in
+    grad = sum(cotangent_times(g, d) for g, d in
                ((g_nll, d_nll), (g_lse, probs), (g_uniform, d_uniform)))
     if cap is not None:
         grad = grad * _softcap_slope(raw, cap)

@@ -108,6 +108,12 @@ def tiles_only(update: Callable) -> Callable:
     return lambda state, tiles, cols, args, classes: update(state, *tiles)
 
 
+def cotangent_times(g: jax.Array, coef: jax.Array) -> jax.Array:
+    """``g * coef``, exactly 0 where ``g`` is: a row the caller masked out gets a
+    zero gradient, even where its coefficients are NaN (a NaN row's)."""
+    return jnp.where(g == 0, 0.0, g * coef)
+
+
 def differentiable(stat: RowPass, backward: Callable) -> Callable:
     """``f(arrays, row_args)``: :func:`row_pass` with a custom VJP.
 

@@ -55,7 +55,7 @@ from jaxdiv._numerics import (
     shifted_difference,
     two_product,
 )
-from jaxdiv._pallas import RowPass, Sweep, differentiable, tiles_only
+from jaxdiv._pallas import RowPass, Sweep, cotangent_times, differentiable, tiles_only
 
 Array = jax.Array
 
@@ -472,7 +472,7 @@ def _term_sums_backward(terms: Terms, arrays, params, results, cotangents):
     g = cotangents[0][..., None]
     # NaN inputs poison their own row's gradient, as in the XLA path.
     poison = jnp.where(LOGITS.invalid(stats), jnp.nan, 1.0)[..., None]
-    grads = tuple(jnp.where(g == 0, 0.0, g * c * poison).astype(a.dtype) for a, c in zip(arrays, coefs))
+    grads = tuple(cotangent_times(g, c * poison).astype(a.dtype) for a, c in zip(arrays, coefs))
     return grads, tuple(None for _ in params)
 
 

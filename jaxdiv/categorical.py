@@ -37,7 +37,7 @@ from jaxdiv import _checks
 from jaxdiv._dispatch import eager_jit
 from jaxdiv import _online
 from jaxdiv._labels import label_stats, label_stats_one_pass
-from jaxdiv._pallas import RowPass, choose, differentiable, tiles_only
+from jaxdiv._pallas import RowPass, choose, cotangent_times, differentiable, tiles_only
 from jaxdiv._numerics import (
     LogRatio,
     finite_or_zero,
@@ -293,19 +293,14 @@ def _kl_backward(arrays, args, results, cotangents):
     else:
         p, q = p_raw, q_raw
     coef_p, coef_q = _kl_coefficients(p, q, results)
-    grads = tuple(_scaled_cotangent(g, c * (scale if args else 1.0)).astype(a.dtype)
+    grads = tuple(cotangent_times(g, c * (scale if args else 1.0)).astype(a.dtype)
                   for a, c in zip(arrays, (coef_p, coef_q)))
     if not args:
         return grads, ()
     # d/ds KL(softmax(s p), softmax(s q)) = <coef_p, p> + <coef_q, q>; -inf logits do not move.
     slope = sum(row_sum(jnp.where(x > -jnp.inf, c * jnp.where(x > -jnp.inf, x, 0.0), 0.0))
                 for x, c in ((p_raw, coef_p), (q_raw, coef_q)))
-    return grads, (_scaled_cotangent(g[..., 0], slope), jnp.zeros_like(args[1]))
-
-
-def _scaled_cotangent(g: Array, coef: Array) -> Array:
-    """``g * coef``, exactly 0 where the cotangent is (a row the caller masked out, even a NaN row)."""
-    return jnp.where(g == 0, 0.0, g * coef)
+    return grads, (cotangent_times(g[..., 0], slope), jnp.zeros_like(args[1]))
 
 
 _KL_PASS = RowPass(_online.kl_init, _kl_step, _online.kl_finish, _kl_rows)
@@ -328,7 +323,7 @@ def _cross_entropy_backward(arrays, args, results, cotangents):
     p, q = (promote(a) for a in arrays)
     coefs = _xent_coefficients(p, q, _XentStats(*results))
     g = cotangents[0][..., None]
-    return tuple(_scaled_cotangent(g, c).astype(a.dtype) for a, c in zip(arrays, coefs)), ()
+    return tuple(cotangent_times(g, c).astype(a.dtype) for a, c in zip(arrays, coefs)), ()
 
 
 _cross_entropy_one_pass = differentiable(
@@ -340,7 +335,7 @@ _cross_entropy_one_pass = differentiable(
 def _entropy_backward(arrays, args, results, cotangents):
     (x,) = arrays
     coef = _entropy_coefficient(promote(x), _XentStats(results[0], results[1], results[1]))
-    return (_scaled_cotangent(cotangents[0][..., None], coef).astype(x.dtype),), ()
+    return (cotangent_times(cotangents[0][..., None], coef).astype(x.dtype),), ()
 
 
 _entropy_one_pass = differentiable(
