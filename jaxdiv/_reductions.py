@@ -66,6 +66,14 @@ class CrossEntropyAux(NamedTuple):
         class of largest target probability), reduced like the loss over the
         valid positions, unweighted: a fraction for ``"mean"``, a count for
         ``"sum"``, 0/1 per position for ``"none"``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxdiv import losses
+      >>> logits = jnp.array([[2.0, 0.0], [0.0, 3.0]])
+      >>> loss, aux = losses.softmax_cross_entropy(logits, jnp.array([0, 0]), return_aux=True)
+      >>> print(f"{aux.accuracy:.2f}")  # the first label is the arg max, the second is not
+      0.50
     """
 
     log_normaliser: Array

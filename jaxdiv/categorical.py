@@ -595,7 +595,14 @@ def validate_labels(labels: ArrayLike, num_classes: int) -> Array:
     """Raise ``ValueError`` unless every label lies in ``[0, num_classes)``.
 
     An eager check for users who prefer an exception to the NaN that an
-    out-of-range label produces under ``jit``. Returns ``labels`` unchanged.
+    out-of-range label produces under ``jit``.
+
+    Args:
+      labels: integer class indices, any shape; concrete (not traced).
+      num_classes: the number of classes ``C``.
+
+    Returns:
+      ``labels`` unchanged, as an array.
 
     Example:
       >>> import jaxdiv
@@ -652,6 +659,10 @@ def bernoulli_kl_divergence(
       q_logits: logits :math:`b`, broadcastable against ``p_logits``.
       where: boolean mask over elements; masked elements give 0.
       base: logarithm base of the result; nats by default.
+
+    Returns:
+      The KL of every element, the broadcast shape, in ``result_type(dtype, float32)``;
+      ``+inf`` where ``p = 1 > q = 0`` or ``p = 0 < q = 1``; NaN where a logit is NaN.
 
     Example:
       >>> import jax.numpy as jnp, jaxdiv

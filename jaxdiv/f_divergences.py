@@ -14,7 +14,7 @@ of the pair, so ``f(p, q) == f(q, p)`` bit for bit; the bounded ones stay in
 their bounds after rounding.
 
 Gradients are closed forms (one custom JVP rule for the family, see
-:mod:`jaxdiv._termwise`): reverse and forward mode and second order work, and
+``jaxdiv._termwise``): reverse and forward mode and second order work, and
 are NaN-free where the value is finite. A row whose value is ``+inf`` has a
 zero gradient; a row where P has no support (for the symmetric divergences: P
 or Q) is 0 with a zero gradient; NaN or ``+inf`` inputs give NaN in their row.
@@ -150,11 +150,21 @@ def js_distance(
     Equal to ``scipy.spatial.distance.jensenshannon(P, Q, base)``. Its gradient
     at identical inputs is 0 (the zero subgradient, not ``inf * 0``).
 
-    ``axis``, ``where`` and ``axis_name`` (the class axis split over a mesh
-    axis) are as for :func:`js_divergence`.
+    Args:
+      p_logits: logits of P, ``[..., C, ...]``; ``-inf`` is zero probability.
+      q_logits: logits of Q; broadcasts against ``p_logits``.
+      axis: the class axis (of the broadcast shape).
+      where: optional boolean mask broadcastable to the logits; False removes a
+        class from both P and Q.
+      base: logarithm base of the result (``2`` for bits); nats by default.
+      axis_name: inside ``jax.shard_map`` with the class axis split over this
+        mesh axis: the per-row statistics are combined across it.
+      implementation: ``"xla"`` (default) or ``"pallas"`` (one-pass kernel on
+        GPU and TPU, see :func:`kl_divergence`).
 
-    ``implementation``: ``"xla"`` (default) or ``"pallas"``, as for
-    :func:`js_divergence`.
+    Returns:
+      the distance, with the class axis removed, in ``result_type(dtype, float32)``;
+      at most :math:`\sqrt{\log 2}` (1 in bits); NaN in rows holding NaN or ``+inf``.
 
     Example:
       >>> import jax.numpy as jnp, jaxdiv
@@ -185,11 +195,20 @@ def total_variation(
     Gradient: ``d/dp = sign(P - Q) P / 2`` through the softmax, with the zero
     subgradient where ``P_i = Q_i``.
 
-    ``axis``, ``where`` and ``axis_name`` (the class axis split over a mesh
-    axis) are as for :func:`js_divergence`.
+    Args:
+      p_logits: logits of P, ``[..., C, ...]``; ``-inf`` is zero probability.
+      q_logits: logits of Q; broadcasts against ``p_logits``.
+      axis: the class axis (of the broadcast shape).
+      where: optional boolean mask broadcastable to the logits; False removes a
+        class from both P and Q.
+      axis_name: inside ``jax.shard_map`` with the class axis split over this
+        mesh axis: the per-row statistics are combined across it.
+      implementation: ``"xla"`` (default) or ``"pallas"`` (one-pass kernel on
+        GPU and TPU, see :func:`kl_divergence`).
 
-    ``implementation``: ``"xla"`` (default) or ``"pallas"``, as for
-    :func:`js_divergence`.
+    Returns:
+      TV in ``[0, 1]``, with the class axis removed, in ``result_type(dtype, float32)``;
+      NaN in rows holding NaN or ``+inf``.
 
     Example:
       >>> import jax.numpy as jnp, jaxdiv
@@ -221,11 +240,21 @@ def hellinger_distance(
 
     The gradient of the distance at identical inputs is 0 (zero subgradient).
 
-    ``axis``, ``where`` and ``axis_name`` (the class axis split over a mesh
-    axis) are as for :func:`js_divergence`.
+    Args:
+      p_logits: logits of P, ``[..., C, ...]``; ``-inf`` is zero probability.
+      q_logits: logits of Q; broadcasts against ``p_logits``.
+      axis: the class axis (of the broadcast shape).
+      where: optional boolean mask broadcastable to the logits; False removes a
+        class from both P and Q.
+      squared: return :math:`H^2` instead of :math:`H`.
+      axis_name: inside ``jax.shard_map`` with the class axis split over this
+        mesh axis: the per-row statistics are combined across it.
+      implementation: ``"xla"`` (default) or ``"pallas"`` (one-pass kernel on
+        GPU and TPU, see :func:`kl_divergence`).
 
-    ``implementation``: ``"xla"`` (default) or ``"pallas"``, as for
-    :func:`js_divergence`.
+    Returns:
+      H (or :math:`H^2`) in ``[0, 1]``, with the class axis removed, in
+      ``result_type(dtype, float32)``; NaN in rows holding NaN or ``+inf``.
 
     Example:
       >>> import jax.numpy as jnp, jaxdiv
@@ -270,8 +299,16 @@ def renyi_divergence(
       p_logits: logits of P.
       q_logits: logits of Q; broadcasts against ``p_logits``.
       alpha: the order, a positive scalar (may be traced; not differentiated).
-      axis, where, axis_name: as for :func:`jaxdiv.kl_divergence`.
-      base: logarithm base of the result; nats by default.
+      axis: the class axis (of the broadcast shape).
+      where: optional boolean mask broadcastable to the logits; False removes a
+        class from both P and Q.
+      base: logarithm base of the result (``2`` for bits); nats by default.
+      axis_name: inside ``jax.shard_map`` with the class axis split over this
+        mesh axis: the per-row statistics are combined across it.
+
+    Returns:
+      :math:`D_\alpha`, with the class axis removed, in ``result_type(dtype, float32)``;
+      ``+inf`` as above; 0 where P has no support; NaN in rows holding NaN or ``+inf``.
 
     Example:
       >>> import jax.numpy as jnp, jaxdiv
@@ -308,8 +345,19 @@ def jeffreys_divergence(
     Symmetric bit for bit; ``+inf`` unless P and Q share their support. Reverse
     KL needs no name of its own: it is ``kl_divergence(q_logits, p_logits)``.
 
-    ``axis``, ``where`` and ``axis_name`` (the class axis split over a mesh
-    axis) are as for :func:`js_divergence`.
+    Args:
+      p_logits: logits of P, ``[..., C, ...]``; ``-inf`` is zero probability.
+      q_logits: logits of Q; broadcasts against ``p_logits``.
+      axis: the class axis (of the broadcast shape).
+      where: optional boolean mask broadcastable to the logits; False removes a
+        class from both P and Q.
+      base: logarithm base of the result (``2`` for bits); nats by default.
+      axis_name: inside ``jax.shard_map`` with the class axis split over this
+        mesh axis: the per-row statistics are combined across it.
+
+    Returns:
+      the sum of both KLs, with the class axis removed, in ``result_type(dtype, float32)``;
+      ``+inf`` unless the supports agree; 0 where P or Q has no support.
 
     Example:
       >>> import jax.numpy as jnp, jaxdiv
@@ -353,8 +401,22 @@ def f_divergence(
     for nearly identical distributions. The gradient uses ``f'`` from
     ``jax.jvp``, so ``f`` must be differentiable where ``P_i > 0``.
 
-    ``axis``, ``where`` and ``axis_name`` (the class axis split over a mesh
-    axis) are as for :func:`js_divergence`.
+    Args:
+      p_logits: logits of P, ``[..., C, ...]``; ``-inf`` is zero probability.
+      q_logits: logits of Q; broadcasts against ``p_logits``.
+      f: the generator, a function from an array of ratios to an array of
+        the same shape (elementwise, convex, :math:`f(1) = 0`).
+      axis: the class axis (of the broadcast shape).
+      where: optional boolean mask broadcastable to the logits; False removes a
+        class from both P and Q.
+      slope_at_infinity: :math:`\lim_{t\to\infty} f(t)/t`, the weight of
+        P's mass where Q has none.
+      axis_name: inside ``jax.shard_map`` with the class axis split over this
+        mesh axis: the per-row statistics are combined across it.
+
+    Returns:
+      :math:`D_f`, with the class axis removed, in ``result_type(dtype, float32)``;
+      NaN in rows holding NaN or ``+inf``.
 
     Example:
       >>> import jax.numpy as jnp, jaxdiv

@@ -129,6 +129,21 @@ def auto_chunk_size(num_tokens: int, vocab_size: int, platform: str = "cpu") -> 
     in 16 MiB on the CPU (``platform="cpu"``) or 256 MiB on GPU and TPU
     (``platform="accelerator"``), at least 256 and at most ``vocab_size``.
     The fused losses pick the size for the platform they are compiled for.
+
+    Args:
+      num_tokens: the number of positions (every row of every ``vmap`` included).
+      vocab_size: the number of classes ``V``.
+      platform: ``"cpu"`` or ``"accelerator"``.
+
+    Returns:
+      The chunk, a Python int.
+
+    Example:
+      >>> from jaxdiv import fused
+      >>> fused.auto_chunk_size(8192, 128256)  # 8192 x 512 float32 = 16 MiB
+      512
+      >>> fused.auto_chunk_size(16384, 151936, platform="accelerator")
+      4096
     """
     if platform not in _CHUNK_BYTES:
         raise ValueError(f"platform must be 'cpu' or 'accelerator', got {platform!r}")
@@ -987,7 +1002,22 @@ def linear_kl_divergence(
     temperature :math:`T` and **without** distillation's :math:`T^2` factor:
     ``jaxdiv.kl_divergence(teacher_logits / T, (h @ W + b) / T)`` reduced over
     positions. For a KL penalty towards a reference policy's logits, say.
-    Arguments (``axis_name`` included) as in :func:`linear_distillation_loss`.
+
+    Args:
+      student_hidden: ``[..., D]``, every leading index a position.
+      student_weight: ``[D, V]`` (``weight_layout="dv"``) or ``[V, D]`` (``"vd"``).
+      teacher: the teacher's logits ``[..., V]``, or its head ``(hidden, weight[, bias])``.
+      student_bias: optional ``[V]``; ``-inf`` removes a class.
+      temperature: :math:`T > 0`, a Python number.
+      reverse: compute :math:`KL(S \| P)` instead.
+      where: boolean mask over positions.
+      reduction: ``"mean"`` (over valid positions), ``"sum"`` or ``"none"``.
+      chunk_size, weight_layout, precision: as in :func:`linear_cross_entropy`.
+      axis_name: as in :func:`linear_distillation_loss`.
+
+    Returns:
+      The KL in nats (float32), reduced over the valid positions, or per
+      position for ``"none"``.
 
     Example:
       >>> import jax, jaxdiv

@@ -486,6 +486,10 @@ def kl_penalty_from_logits(
       axis_name: the mesh axis the class axis is split over inside
         ``jax.shard_map``, as for :func:`softmax_cross_entropy`.
 
+    Returns:
+      The KL in nats, reduced over the valid tokens (a scalar), or per token
+      for ``"none"``; 0 with a zero gradient when no token is valid.
+
     Example:
       >>> import jax.numpy as jnp
       >>> from jaxdiv import losses
@@ -548,6 +552,10 @@ def binary_cross_entropy(
       pos_weight: :math:`w`, the weight of positive examples (PyTorch's
         ``pos_weight``), broadcastable; 1 by default.
       reduction: ``"mean"`` (over valid elements), ``"sum"`` or ``"none"``.
+
+    Returns:
+      A float32 (or wider) scalar, or the loss per element for ``"none"`` (0
+      where masked); NaN where a label lies outside ``[0, 1]``.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -629,6 +637,11 @@ def vae_kl(
       axis: the latent axis.
       where: boolean mask over examples (the batch shape).
       reduction: ``"mean"`` (over valid examples), ``"sum"`` or ``"none"``.
+
+    Returns:
+      The KL in nats summed over the latent axis and reduced over the valid
+      examples (a scalar), or per example for ``"none"`` (refused with free
+      bits, which depend on the whole batch).
 
     Example:
       >>> import jax.numpy as jnp

@@ -46,6 +46,13 @@ class Bins:
         median inside it), for the binned Wasserstein distance.
       reference_counts: ``[features, B]`` the reference's own counts, read off
         the sort that fitted the bins (equal to :func:`count` of the reference).
+
+    Example:
+      >>> import numpy as np
+      >>> from jaxdiv import drift
+      >>> bins = drift.fit_bins({"x": np.arange(100.0)}, bins=4)
+      >>> bins.columns, bins.n_bins.tolist(), bins.reference_counts.tolist()
+      (('x',), [4], [[24, 25, 25, 26, 0]])
     """
 
     columns: tuple
@@ -115,7 +122,7 @@ def fit_bins(
 
     Continuous features get ``bins`` bins with open outer bins: edges at the
     reference quantiles ``1/bins, ..., (bins-1)/bins`` (``binning="quantile"``,
-    the default; repeated quantiles merge, so heavily tied data gets fewer bins)
+    the default; values of the reference, as NumPy's ``method="inverted_cdf"``; repeated quantiles merge, so heavily tied data gets fewer bins)
     or equally spaced between the reference minimum and maximum
     (``binning="width"``). A numeric feature with at most ``bins`` distinct
     values gets one bin per value, and a categorical feature (strings, booleans,
@@ -134,6 +141,13 @@ def fit_bins(
 
     Returns:
       :class:`Bins`.
+
+    Example:
+      >>> import numpy as np
+      >>> from jaxdiv import drift
+      >>> bins = drift.fit_bins({"x": np.arange(100.0), "plan": np.array(["a", "b"] * 50)}, bins=4)
+      >>> bins.kinds, bins.edges[0, :3].tolist()
+      (('quantile', 'levels'), [24.0, 49.0, 74.0])
     """
     if not (isinstance(bins, (int, np.integer)) and bins >= 2):
         raise ValueError(f"bins must be an integer >= 2, got {bins!r}.")
@@ -398,6 +412,17 @@ def count(bins: Bins, data, ranges: Optional[np.ndarray] = None, *, progress=Non
       ranges: ``[windows, 2]`` row ranges ``[start, end)`` (they may overlap);
         default one window of all rows.
       progress: called as ``progress(done, total)`` after each slab of rows.
+
+    Returns:
+      ``[features, windows, B]`` int32 counts, ``B`` the largest number of bins
+      of any feature plus the missing-value bin (absent bins count 0).
+
+    Example:
+      >>> import numpy as np
+      >>> from jaxdiv import drift
+      >>> bins = drift.fit_bins({"x": np.arange(100.0)}, bins=4)
+      >>> drift.count(bins, {"x": np.array([1.0, 30.0, 60.0, 99.0, np.nan])}).tolist()
+      [[[1, 1, 1, 1, 1]]]
     """
     x = data if isinstance(data, (np.ndarray, jax.Array)) and np.ndim(data) == 2 and \
         data.dtype == np.float32 else bins.encode(data)

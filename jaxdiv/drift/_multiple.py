@@ -32,7 +32,25 @@ COMBINATIONS = ("cauchy", "fisher")
 
 
 def adjust(p, method: str = "holm"):
-    """Adjusted p-values, same shape as ``p``; see the module docstring."""
+    """Adjusted p-values for multiple testing over every entry of ``p``.
+
+    Compare the result with :math:`\alpha`; the procedures are listed in the
+    module docstring (Holm, Bonferroni, Benjamini-Hochberg / -Yekutieli).
+
+    Args:
+      p: p-values, any shape (every entry is one test: features x windows).
+      method: one of :data:`CORRECTIONS`.
+
+    Returns:
+      The adjusted p-values, the shape of ``p``, each in ``[p, 1]``.
+
+    Example:
+      >>> from jaxdiv import drift
+      >>> print(drift.adjust([0.01, 0.04, 0.03], "holm"))  # 3 p, max(2 p, ..), ..
+      [0.03 0.06 0.06]
+      >>> print(drift.adjust([0.01, 0.04, 0.03], "bh"))    # min over larger of m p / rank
+      [0.03 0.04 0.04]
+    """
     if method not in CORRECTIONS:
         raise ValueError(f"correction must be one of {CORRECTIONS}, got {method!r}.")
     return _adjust(jnp.asarray(p), method)
@@ -60,7 +78,28 @@ def _adjust(p, method):
 
 
 def combine(p, method: str = "cauchy", axis=None):
-    """One p-value from many (over ``axis``, default all); see the module docstring."""
+    r"""One p-value for "some null is false", from many.
+
+    ``"cauchy"`` (Liu & Xie 2020): :math:`\tfrac12 - \arctan(\bar t)/\pi` with
+    :math:`\bar t` the mean of :math:`\tan((\tfrac12 - p_i)\pi)`, valid under any
+    dependence; ``"fisher"``: :math:`-2 \sum_i \log p_i \sim \chi^2_{2m}`, for
+    independent p-values.
+
+    Args:
+      p: p-values, any shape.
+      method: ``"cauchy"`` or ``"fisher"``.
+      axis: the axis to combine over (static); ``None``: all entries.
+
+    Returns:
+      The combined p-value(s), never 0.
+
+    Example:
+      >>> from jaxdiv import drift
+      >>> print(f"{drift.combine([0.05, 0.05]):.4f}")       # equal p-values: unchanged
+      0.0500
+      >>> print(f"{drift.combine([0.05, 0.05], 'fisher'):.5f}")  # chi2_4 tail at 11.98
+      0.01747
+    """
     if method not in COMBINATIONS:
         raise ValueError(f"combination must be one of {COMBINATIONS}, got {method!r}.")
     return _combine(jnp.asarray(p), method, axis)

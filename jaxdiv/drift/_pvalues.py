@@ -55,10 +55,29 @@ def kolmogorov_sf(t):
 
 
 def asymptotic(name, value, n_a, n_b, df):
-    """The asymptotic p-value of ``value``, ``[...]``."""
+    """The asymptotic p-value of a statistic, knowing both sample sizes (laws in the module docstring).
+
+    Args:
+      name: the statistic: ``"chi2"``, ``"g"``, ``"kl"``, ``"reverse_kl"``,
+        ``"psi"``, ``"js"``, ``"js_distance"``, ``"hellinger"`` or ``"ks"``.
+      value: its value ``[...]``, as :func:`statistic` returns it.
+      n_a, n_b: rows on each side ``[...]``.
+      df: degrees of freedom ``[...]``: the bins taking part minus one.
+
+    Returns:
+      p-values ``[...]``; 1 where a side is empty or the value is not positive;
+      never below the dtype's smallest normal number.
+
+    Example:
+      >>> from jaxdiv import drift
+      >>> print(f"{drift.asymptotic_p_value('chi2', 3.841459, 100.0, 100.0, 1.0):.4f}")
+      0.0500
+    """
     if name not in ASYMPTOTIC:
         raise ValueError(
             f"{name!r} has no asymptotic law; use method='bootstrap' or a test among {ASYMPTOTIC}.")
+    dtype = jnp.result_type(value, n_a, n_b, jnp.float32)
+    value, n_a, n_b, df = (jnp.asarray(v, dtype) for v in (value, n_a, n_b, df))
     n_e = n_a * n_b / jnp.maximum(n_a + n_b, 1.0)
     if name == "ks":
         p = kolmogorov_sf(jnp.sqrt(n_e) * value)
@@ -75,7 +94,33 @@ def asymptotic(name, value, n_a, n_b, df):
 
 @functools.partial(jax.jit, static_argnames=("name", "resamples", "chunk"))
 def bootstrap(key, name, a, b, bins_in, own, ordered, centres, eps, *, resamples=999, chunk=100):
-    """Bootstrap p-values of statistic ``name`` for every ``[..., B]`` histogram pair."""
+    r"""Bootstrap p-values of statistic ``name`` for every ``[..., B]`` histogram pair.
+
+    Both histograms are redrawn from their pooled counts (multinomial, the null
+    of one common distribution), so each resample costs O(B).
+
+    Args:
+      key: a ``jax.random`` key.
+      name: any of :data:`STATISTICS` (static).
+      a, b: reference and current counts ``[..., B]``.
+      bins_in, own, ordered, centres, eps: as for :func:`statistic`
+        (``bins_in`` boolean ``[..., B]``; the others may be ``None``/defaults).
+      resamples: the number of resamples :math:`R` (static).
+      chunk: resamples drawn at once (static; memory).
+
+    Returns:
+      :math:`(1 + \#\{T^* \ge T\}) / (1 + R)` per pair ``[...]``: never 0; 1
+      where a side is empty; NaN for invalid counts.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxdiv import drift
+      >>> a, b = jnp.array([50.0, 50.0]), jnp.array([90.0, 10.0])
+      >>> p = drift.bootstrap_p_value(jax.random.key(0), "tv", a, b, jnp.array([True, True]),
+      ...                             None, True, None, 0.5, resamples=199)
+      >>> print(f"{p:.3f}")  # no resample reaches TV = 0.4: 1 / 200
+      0.005
+    """
     stat = functools.partial(_statistics.statistic, name, own=own, ordered=ordered,
                              centres=centres, eps=eps)
     a = jnp.where(bins_in, a, 0.0)

@@ -36,6 +36,14 @@ class DriftReport:
       thresholds: per row, the value of ``test`` at which the row would be
         flagged, or ``None`` where the bootstrap was used.
       bins: the :class:`~jaxdiv.drift.Bins` fitted on the reference.
+
+    Example:
+      >>> import numpy as np
+      >>> from jaxdiv import drift
+      >>> rng = np.random.default_rng(1)
+      >>> report = drift.drift_report({"x": rng.normal(size=4000)}, {"x": rng.normal(size=4000)})
+      >>> sorted(report.columns)[:4], report.drifted   # no drift
+      (['chi2', 'drift', 'feature', 'js_distance'], [])
     """
 
     columns: dict
@@ -176,6 +184,15 @@ def drift_report(
       alpha: the level of the decision.
       correction: ``"holm"``, ``"bonferroni"``, ``"bh"``, ``"by"`` or ``"none"``.
       eps: pseudo-count added to each bin of both sides for the divergences.
+      window_size, stride: cut ``current`` into windows of ``window_size``
+        rows every ``stride`` rows (default ``window_size``: tumbling).
+      time_column, period: or into windows of duration ``period`` over the
+        sorted ``time_column`` (see :func:`by_time`).
+      reference_mode: each window's reference: ``"fixed"`` (``reference``),
+        ``"previous"``, ``"rolling"`` (``k`` windows), ``"expanding"`` or
+        ``"decayed"`` (``half_life`` windows), see :func:`references`.
+      k, half_life: for ``"rolling"`` and ``"decayed"``.
+      resamples, seed: the bootstrap's draws and seed.
       progress: called as ``progress(done, total)`` while windows are counted.
 
     Returns:
@@ -269,7 +286,26 @@ def chunk_thresholds(bins: _binning.Bins, reference, chunk_size: int, *, statist
     include it), and the threshold is the mean plus three standard deviations
     of those scores (``rule="3sigma"``, NannyML's rule) or their maximum
     (``"max"``). A window of ``chunk_size`` rows scoring above it is unusual
-    for the reference. Returns ``[features]``.
+    for the reference.
+
+    Args:
+      bins: :class:`Bins` fitted on the reference.
+      reference: the reference table.
+      chunk_size: rows per chunk (the size of the windows you will score).
+      statistic: any of :data:`STATISTICS`.
+      rule: ``"3sigma"`` or ``"max"``.
+      eps: the pseudo-count of the divergences.
+
+    Returns:
+      ``[features]`` float64 thresholds.
+
+    Example:
+      >>> import numpy as np
+      >>> from jaxdiv import drift
+      >>> reference = {"x": np.random.default_rng(0).normal(size=10000)}
+      >>> t = drift.chunk_thresholds(drift.fit_bins(reference), reference, 1000)
+      >>> t.shape, bool(0 < t[0] < 0.01)   # JS of 1000 rows against 9000, plus 3 sigma
+      ((1,), True)
     """
     if rule not in ("3sigma", "max"):
         raise ValueError(f"rule must be '3sigma' or 'max', got {rule!r}.")

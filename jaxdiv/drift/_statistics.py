@@ -84,6 +84,10 @@ def statistic(name, a, b, bins_in=None, *, own=None, ordered=True, centres=None,
       centres: ``[..., B]`` bin positions for ``wasserstein`` (default 0, 1, 2, ...).
       eps: the pseudo-count of the divergences.
 
+    Returns:
+      ``[...]`` float32 values; ``"kl"`` is KL(current || reference). NaN for
+      negative or non-finite counts.
+
     Example:
       >>> import jax.numpy as jnp
       >>> from jaxdiv import drift

@@ -38,7 +38,19 @@ Array = jax.Array
 
 
 class State(NamedTuple):
-    """A monitor's state; every field is an array, so it jits, saves and merges."""
+    """A monitor's state; every field is an array, so it jits, saves and merges.
+
+    Made by :meth:`Monitor.init`, advanced by :meth:`Monitor.update` and
+    :meth:`Monitor.close_window`, combined by :func:`merge`.
+
+    Example:
+      >>> import numpy as np
+      >>> from jaxdiv import drift
+      >>> bins = drift.fit_bins({"x": np.arange(100.0)}, bins=4)
+      >>> state = drift.Monitor(bins).init()
+      >>> state.current.shape, int(state.closed)   # [features, bins], nothing closed
+      ((1, 5), 0)
+    """
 
     reference: Array   # [F, B] reference counts
     history: Array     # [K, F, B] the last K closed windows (a ring)
@@ -52,7 +64,24 @@ class State(NamedTuple):
 
 
 class Window(NamedTuple):
-    """What :meth:`Monitor.close_window` reports for each feature."""
+    """What :meth:`Monitor.close_window` reports for each feature (every field ``[F]``).
+
+    Attributes:
+      divergence: the window's statistic against the reference.
+      n: rows in the window.
+      cusum, cusum_alarm: the CUSUM sum after this window, and whether it crossed its limit.
+      page_hinkley, ph_alarm: the Page-Hinkley statistic and its alarm.
+
+    Example:
+      >>> import numpy as np
+      >>> from jaxdiv import drift
+      >>> bins = drift.fit_bins({"x": np.arange(100.0)}, bins=4)
+      >>> monitor = drift.Monitor(bins)
+      >>> state = monitor.update(monitor.init(), bins.encode({"x": np.arange(100.0)}))
+      >>> state, window = monitor.close_window(state)
+      >>> float(window.divergence[0]), int(window.n[0])   # the reference itself
+      (0.0, 100)
+    """
 
     divergence: Array      # [F]
     n: Array               # [F] rows in the window (non-missing or missing alike)
@@ -63,7 +92,23 @@ class Window(NamedTuple):
 
 
 class Detector(NamedTuple):
-    """Detector settings, per feature ``[F]``."""
+    """Detector settings, per feature ``[F]``, as :meth:`Monitor.calibrate` sets them.
+
+    Attributes:
+      mu0: the in-control mean of the window statistic.
+      k: the CUSUM allowance.
+      h: the CUSUM limit.
+      delta: the Page-Hinkley tolerance.
+      lam: the Page-Hinkley limit.
+
+    Example:
+      >>> import numpy as np
+      >>> from jaxdiv import drift
+      >>> bins = drift.fit_bins({"x": np.arange(1000.0)}, bins=4)
+      >>> monitor = drift.Monitor(bins).calibrate(window=100, arl=50)
+      >>> sorted(monitor.detector._fields)
+      ['delta', 'h', 'k', 'lam', 'mu0']
+    """
 
     mu0: Array
     k: Array
@@ -330,17 +375,69 @@ def merge(a: State, b: State) -> State:
     The open-window and closed-window counts add. The reference is shared and
     taken from ``a``, and so are the detector sums, which are not additive:
     merge the shards' states, then close the window once.
+
+    Args:
+      a, b: states of the same monitor.
+
+    Returns:
+      The merged :class:`State`.
+
+    Example:
+      >>> import numpy as np
+      >>> from jaxdiv import drift
+      >>> bins = drift.fit_bins({"x": np.arange(100.0)}, bins=4)
+      >>> monitor = drift.Monitor(bins)
+      >>> shard = lambda rows: monitor.update(monitor.init(), bins.encode({"x": rows}))
+      >>> merged = drift.merge(shard(np.arange(50.0)), shard(np.arange(50.0, 100.0)))
+      >>> int(merged.current.sum())
+      100
     """
     return a._replace(history=a.history + b.history, current=a.current + b.current)
 
 
 def save(path, state: State) -> None:
-    """Save a state with NumPy (``.npz``)."""
+    """Save a state with NumPy (``.npz``), to resume or merge it later.
+
+    Args:
+      path: a file name or open file (NumPy adds ``.npz`` to a name without it).
+      state: the :class:`State`.
+
+    Returns:
+      None.
+
+    Example:
+      >>> import os, tempfile, numpy as np
+      >>> from jaxdiv import drift
+      >>> state = drift.Monitor(drift.fit_bins({"x": np.arange(10.0)}, bins=2)).init()
+      >>> path = os.path.join(tempfile.mkdtemp(), "state.npz")
+      >>> drift.save(path, state)
+      >>> int(drift.load(path).closed)
+      0
+    """
     np.savez(path, **{name: np.asarray(v) for name, v in state._asdict().items()})
 
 
 def load(path) -> State:
-    """A state saved by :func:`save`."""
+    """A state saved by :func:`save`.
+
+    Args:
+      path: the ``.npz`` file.
+
+    Returns:
+      The :class:`State`.
+
+    Raises:
+      ValueError: if the file is not a saved state (naming the missing fields).
+
+    Example:
+      >>> import os, tempfile, numpy as np
+      >>> from jaxdiv import drift
+      >>> state = drift.Monitor(drift.fit_bins({"x": np.arange(10.0)}, bins=2)).init()
+      >>> path = os.path.join(tempfile.mkdtemp(), "state.npz")
+      >>> drift.save(path, state)
+      >>> drift.load(path)._fields == drift.State._fields
+      True
+    """
     with np.load(path) as f:
         missing = [n for n in State._fields if n not in f]
         if missing:

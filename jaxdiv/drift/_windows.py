@@ -21,7 +21,18 @@ REFERENCES = ("fixed", "previous", "rolling", "expanding", "decayed")
 
 @dataclasses.dataclass(frozen=True)
 class Windows:
-    """Row ranges and a label per window (an index, or the window's start time)."""
+    """Row ranges and a label per window (an index, or the window's start time).
+
+    Attributes:
+      ranges: ``[windows, 2]`` int64 rows ``[start, end)``.
+      labels: ``[windows]`` window indices, or start times for :func:`by_time`.
+
+    Example:
+      >>> from jaxdiv import drift
+      >>> w = drift.tumbling(10, 4)
+      >>> len(w), w.ranges.tolist()
+      (3, [[0, 4], [4, 8], [8, 10]])
+    """
 
     ranges: np.ndarray    # [windows, 2] int64, rows [start, end)
     labels: np.ndarray    # [windows]
@@ -31,7 +42,21 @@ class Windows:
 
 
 def tumbling(rows: int, size: int, *, drop_last: bool = False) -> Windows:
-    """Consecutive windows of ``size`` rows; the last one may be shorter unless dropped."""
+    """Consecutive windows of ``size`` rows; the last one may be shorter unless dropped.
+
+    Args:
+      rows: the number of rows.
+      size: rows per window, a positive integer.
+      drop_last: drop a last window shorter than ``size``.
+
+    Returns:
+      :class:`Windows`.
+
+    Example:
+      >>> from jaxdiv import drift
+      >>> drift.tumbling(10, 4, drop_last=True).ranges.tolist()
+      [[0, 4], [4, 8]]
+    """
     return sliding(rows, size, size, drop_last=drop_last)
 
 
@@ -40,6 +65,20 @@ def sliding(rows: int, size: int, stride: int, *, drop_last: bool = True) -> Win
 
     With ``drop_last`` (the default for sliding windows) only full windows are
     kept; otherwise the last windows are cut short at the end of the rows.
+
+    Args:
+      rows: the number of rows.
+      size: rows per window, a positive integer.
+      stride: rows between window starts, a positive integer.
+      drop_last: keep full windows only.
+
+    Returns:
+      :class:`Windows`.
+
+    Example:
+      >>> from jaxdiv import drift
+      >>> drift.sliding(10, 4, 3).ranges.tolist()
+      [[0, 4], [3, 7], [6, 10]]
     """
     for name, v in (("size", size), ("stride", stride)):
         if not (isinstance(v, (int, np.integer)) and v >= 1):
@@ -60,9 +99,26 @@ def by_time(times, period, *, stride=None, start=None) -> Windows:
     equal times share a window. Windows between the first and the last time
     are all returned, empty ones included (their statistics are 0, p-value 1).
 
+    Args:
+      times: sorted numbers or ``numpy.datetime64``, one per row.
+      period: the window duration.
+      stride: time between window starts (default ``period``).
+      start: the first window's start (default the first time).
+
+    Returns:
+      :class:`Windows` labelled by their start times.
+
     Raises:
       ValueError: if ``times`` are not sorted (naming the first row out of
         order) or contain NaT / NaN.
+
+    Example:
+      >>> import numpy as np
+      >>> from jaxdiv import drift
+      >>> t = np.array(["2026-01-01T00:10", "2026-01-01T00:50", "2026-01-01T02:30"], "datetime64[m]")
+      >>> w = drift.by_time(t, np.timedelta64(1, "h"))
+      >>> w.ranges.tolist()  # the hour from 01:10 is empty
+      [[0, 2], [2, 2], [2, 3]]
     """
     times = np.asarray(times)
     if times.ndim != 1 or times.size == 0:
@@ -134,9 +190,21 @@ def references(window_counts, mode: str = "fixed", reference_counts=None, *,
         ``"expanding"`` (all windows before) or ``"decayed"`` (all windows
         before, weighted by ``0.5 ** (age / half_life)``, age 0 for the last).
       reference_counts: ``[features, B]``, for ``"fixed"``.
+      k: windows summed by ``"rolling"``.
+      half_life: in windows, for ``"decayed"``.
+
+    Returns:
+      ``[features, windows, B]`` float counts.
 
     A window with nothing before it has an empty reference: its statistics are 0
     and its p-value 1.
+
+    Example:
+      >>> import numpy as np
+      >>> from jaxdiv import drift
+      >>> counts = np.array([[[1, 0], [2, 2], [0, 4]]])   # 1 feature, 3 windows, 2 bins
+      >>> drift.references(counts, "expanding")[0].tolist()
+      [[0.0, 0.0], [1.0, 0.0], [3.0, 2.0]]
     """
     if mode not in REFERENCES:
         raise ValueError(f"reference must be one of {REFERENCES}, got {mode!r}.")
