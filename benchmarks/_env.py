@@ -1,8 +1,8 @@
 """First-run set-up shared by the two quick-start commands.
 
 ``ensure_venv()`` creates ``.venv`` next to ``pyproject.toml``, installs jaxdiv
-with its test and benchmark extras into it (again whenever ``pyproject.toml``
-changes), and re-executes the calling script with that interpreter. Only the
+with its test, benchmark, example, drift and docs extras into it (again
+whenever ``pyproject.toml`` changes), and re-executes the calling script with that interpreter. Only the
 Python standard library is used, so it runs on a machine with nothing else.
 """
 
@@ -16,31 +16,36 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".venv"
-EXTRAS = "test,bench,examples,drift"
+EXTRAS = "test,bench,examples,drift,docs"
 
 
-def _venv_python() -> Path:
-    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+def _venv_python(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def ensure_venv() -> None:
-    """Run the calling script inside ``.venv``, creating and filling it if needed."""
-    python = _venv_python()
-    if Path(sys.prefix).resolve() == VENV.resolve():
+def ensure_venv(venv: Path = VENV, constraints: Path | None = None) -> None:
+    """Run the calling script inside ``venv``, creating and filling it if needed.
+
+    ``constraints``: a pip constraints file (``tests/floors.txt``: the oldest
+    supported versions) applied to the install.
+    """
+    python = _venv_python(venv)
+    if Path(sys.prefix).resolve() == venv.resolve():
         return
+    pins = constraints.read_bytes() if constraints else b""
     wanted = hashlib.sha256(
-        (ROOT / "pyproject.toml").read_bytes() + EXTRAS.encode()
+        (ROOT / "pyproject.toml").read_bytes() + EXTRAS.encode() + pins
     ).hexdigest()
-    stamp = VENV / ".jaxdiv-installed"
+    stamp = venv / ".jaxdiv-installed"
     if not python.exists():
-        print(f"[jaxdiv] creating {VENV}", flush=True)
-        subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
+        print(f"[jaxdiv] creating {venv}", flush=True)
+        subprocess.check_call([sys.executable, "-m", "venv", str(venv)])
     if not stamp.exists() or stamp.read_text() != wanted:
         print("[jaxdiv] installing jaxdiv and its test/benchmark dependencies "
               "(first run only)", flush=True)
         subprocess.check_call(
             [str(python), "-m", "pip", "install", "--disable-pip-version-check",
-             "-q", "-e", f"{ROOT}[{EXTRAS}]"]
+             "-q", "-e", f"{ROOT}[{EXTRAS}]", *(["-c", str(constraints)] if constraints else [])]
         )
         stamp.write_text(wanted)
     os.execv(str(python), [str(python), *sys.argv])

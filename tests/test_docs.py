@@ -91,10 +91,10 @@ def _python_blocks(page):
     return re.findall(r"^```python\n(.*?)^```", page.read_text(), re.MULTILINE | re.DOTALL)
 
 
-PAGES_WITH_CODE = sorted(p for p in DOCS.rglob("*.md") if _python_blocks(p))
+PAGES_WITH_CODE = [ROOT / "README.md"] + sorted(p for p in DOCS.rglob("*.md") if _python_blocks(p))
 
 
-@pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=[str(p.relative_to(DOCS)) for p in PAGES_WITH_CODE])
+@pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=[str(p.relative_to(ROOT)) for p in PAGES_WITH_CODE])
 def test_the_code_on_every_page_runs(page, tmp_path, monkeypatch):
     """Each page's ``python`` blocks run in order in one namespace, as a reader would."""
     pytest.importorskip("optax")
@@ -123,3 +123,43 @@ def test_the_site_builds_without_warnings(tmp_path):
                          "-d", str(tmp_path / "doctrees"), str(DOCS), str(tmp_path / "html")])
     assert status == 0, "sphinx reported warnings (shown above)"
     assert (tmp_path / "html" / "api" / "jaxdiv.html").exists()
+
+
+@pytest.mark.slow
+def test_the_wheel_and_sdist_build_and_install_with_only_the_runtime_dependencies(tmp_path):
+    """``python -m build``, then the wheel into a clean virtual environment: jax, jaxlib, numpy."""
+    pytest.importorskip("build")
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", str(dist), str(ROOT)],
+                   check=True, capture_output=True, timeout=600)
+    (wheel,) = dist.glob("jaxdiv-*.whl")
+    (sdist,) = dist.glob("jaxdiv-*.tar.gz")
+    assert wheel.name.startswith(f"jaxdiv-{jaxdiv.__version__}-")
+    assert sdist.name == f"jaxdiv-{jaxdiv.__version__}.tar.gz"
+
+    import tarfile
+    import zipfile
+
+    in_wheel = set(zipfile.ZipFile(wheel).namelist())
+    assert {"jaxdiv/py.typed", "jaxdiv/drift/__main__.py"} <= in_wheel
+    assert not any(name.startswith(("tests/", "benchmarks/", "docs/")) for name in in_wheel)
+    in_sdist = {name.split("/", 1)[1] for name in tarfile.open(sdist).getnames() if "/" in name}
+    assert {"pyproject.toml", "README.md", "LICENSE", "jaxdiv/__init__.py"} <= in_sdist
+
+    venv = tmp_path / "clean"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    pip = [str(python), "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "install", str(wheel)], check=True, capture_output=True, timeout=900)
+    listed = subprocess.run([*pip, "list", "--format=freeze"], check=True, capture_output=True,
+                            text=True).stdout
+    installed = {line.split("==")[0].lower().replace("_", "-") for line in listed.split()}
+    # jax's own dependencies come along; no optional extra (optax, pandas, flax, sphinx, ...).
+    assert installed <= {"jaxdiv", "jax", "jaxlib", "numpy", "ml-dtypes", "opt-einsum", "scipy",
+                         "pip", "setuptools"}, installed
+    smoke = ("import jax.numpy as jnp, jaxdiv, jaxdiv.drift, jaxdiv.losses, jaxdiv.fused;"
+             "p = jnp.log(jnp.array([0.5, 0.5, 0.0])); q = jnp.log(jnp.array([0.25, 0.25, 0.5]));"
+             "print(jaxdiv.__version__, round(float(jaxdiv.kl_divergence(p, q)), 6))")
+    out = subprocess.run([str(python), "-c", smoke], check=True, capture_output=True, text=True,
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""}, timeout=300).stdout
+    assert out.split() == [jaxdiv.__version__, "0.693147"]
