@@ -18,7 +18,8 @@ if __name__ == "__main__":
     from sphinx.cmd.build import build_main
 
     out = ROOT / "docs" / "_build" / "html"
-    status = build_main(["-b", "html", "-W", "--keep-going", "-n", str(ROOT / "docs"), str(out),
+    status = build_main(["-b", "html", "-W", "--keep-going", "-n",
+                         "-d", str(ROOT / "docs" / "_build" / "doctrees"), str(ROOT / "docs"), str(out),
                          *sys.argv[1:]])
     if status == 0:
         print(f"open {out / 'index.html'}")

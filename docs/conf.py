@@ -67,4 +67,5 @@ html_theme_options = {
     "sidebar_width": "250px",
     "show_relbars": True,
 }
-html_static_path = []
+html_static_path = ["_static"]
+html_css_files = ["jaxdiv.css"]

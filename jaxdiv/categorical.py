@@ -5,7 +5,7 @@ or ``-inf`` for a class with zero probability. ``P = softmax(p_logits)`` is the
 reference (target) distribution and comes first, ``Q = softmax(q_logits)`` is the
 model and comes second, as in ``scipy.stats.entropy(pk, qk)``.
 
-Conventions shared by all functions (see the README for the full table):
+Conventions shared by all functions (the documentation's *Conventions* page has the full table):
 
 * ``where`` (boolean, broadcastable to the logits) removes classes from *both*
   distributions: masked logits are never read and get an exactly-zero gradient.
