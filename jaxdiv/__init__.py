@@ -19,7 +19,7 @@ from jaxdiv.f_divergences import (
     total_variation,
 )
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "__version__",

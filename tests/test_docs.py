@@ -75,6 +75,24 @@ def test_every_public_class_has_an_example(module_name, module):
     assert not lacking, f"{module_name}: {lacking} have no example"
 
 
+def _public_methods():
+    for module_name, module in PUBLIC.items():
+        for name in module.__all__:
+            cls = getattr(module, name)
+            if not inspect.isclass(cls) or issubclass(cls, tuple):
+                continue
+            for method_name, method in vars(cls).items():
+                if not method_name.startswith("_") and inspect.isfunction(inspect.unwrap(method)):
+                    yield pytest.param(method, id=f"{module_name}.{name}.{method_name}")
+
+
+@pytest.mark.parametrize("method", list(_public_methods()))
+def test_every_public_method_has_args_and_returns(method):
+    doc = inspect.getdoc(method) or ""
+    takes = [p for p in inspect.signature(method).parameters if p != "self"]
+    assert "Returns:" in doc and (not takes or "Args:" in doc), doc
+
+
 def test_every_public_module_has_an_api_page_that_documents_all_of_it():
     pages = "\n".join(p.read_text() for p in (DOCS / "api").glob("*.md"))
     for module_name, module in PUBLIC.items():

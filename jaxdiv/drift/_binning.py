@@ -92,7 +92,16 @@ class Bins:
         return np.arange(self.num_bins) < self.n_bins[:, None]
 
     def encode(self, data) -> np.ndarray:
-        """``[rows, features]`` float32 values to count: numbers, or level codes."""
+        """The values :func:`count` and :meth:`Monitor.update` read.
+
+        Args:
+          data: a table with this object's columns (DataFrame, mapping of
+            columns, or a 2-d array).
+
+        Returns:
+          ``[rows, features]`` float32: numbers, or level codes for discrete
+          features (unseen levels and missing values get their own codes).
+        """
         continuous = all(k in ("quantile", "width", "missing") for k in self.kinds)
         if continuous and isinstance(data, np.ndarray) and data.dtype == np.float32 \
                 and data.ndim == 2 and data.shape[1] == len(self.columns):

@@ -70,11 +70,24 @@ class DriftReport:
         return len(self.columns["feature"])
 
     def to_pandas(self):
+        """The table as a pandas DataFrame, one row per feature and window.
+
+        Returns:
+          A ``pandas.DataFrame`` with the columns of :attr:`columns` (needs
+          pandas: the ``drift`` extra).
+        """
         import pandas as pd
         return pd.DataFrame(self.columns)
 
     def to_csv(self, file=None) -> Optional[str]:
-        """Write CSV to ``file`` (a path or a text stream); return the text if ``file`` is None."""
+        """Write the table as CSV.
+
+        Args:
+          file: a path or a text stream; None to return the text.
+
+        Returns:
+          The CSV text if ``file`` is None, else None.
+        """
         out = io.StringIO()
         names = list(self.columns)
         out.write(",".join(names) + "\n")
@@ -83,7 +96,14 @@ class DriftReport:
         return _write(out.getvalue(), file)
 
     def to_json(self, file=None) -> Optional[str]:
-        """Write JSON (the settings, the dataset p-value and the rows) to ``file``, or return it."""
+        """Write JSON: the settings, the dataset p-value and the rows.
+
+        Args:
+          file: a path or a text stream; None to return the text.
+
+        Returns:
+          The JSON text if ``file`` is None, else None.
+        """
         rows = [dict(zip(self.columns, (_plain(v) for v in row)))
                 for row in zip(*self.columns.values())]
         doc = dict(test=self.test, method=self.method, alpha=self.alpha, correction=self.correction,
@@ -91,7 +111,14 @@ class DriftReport:
         return _write(json.dumps(doc, indent=1) + "\n", file)
 
     def format(self, max_rows: int = 60) -> str:
-        """The table as aligned text (the command line's default output)."""
+        """The table as aligned text (the command line's default output).
+
+        Args:
+          max_rows: rows shown before a "... more rows" line.
+
+        Returns:
+          The text, ending with a one-line summary.
+        """
         names = list(self.columns)
         cells = [[_text_cell(v) for v in self.columns[n][:max_rows]] for n in names]
         widths = [max([len(n)] + [len(c) for c in col]) for n, col in zip(names, cells)]
@@ -106,7 +133,15 @@ class DriftReport:
         return "\n".join(lines)
 
     def plot(self, path, statistic: Optional[str] = None):
-        """A PNG with one panel per feature: the test statistic over windows and its threshold."""
+        """A PNG with one panel per feature: the test statistic over windows and its threshold.
+
+        Args:
+          path: the file to write (needs matplotlib: the ``bench`` extra).
+          statistic: the statistic to draw (default the test's).
+
+        Returns:
+          None.
+        """
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt

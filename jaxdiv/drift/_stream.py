@@ -205,6 +205,13 @@ class Monitor:
         its ``axis``: feed :meth:`update` batches sharded as
         ``PartitionSpec(None, axis)`` and each device counts and scores its own
         features, with no collective in the compiled update or window close.
+
+        Args:
+          mesh: optional ``jax.sharding.Mesh`` to shard the state over.
+          axis: the mesh axis the features are split over.
+
+        Returns:
+          A :class:`State`.
         """
         f, b = self.reference_counts.shape
         zeros = jnp.zeros((f,), jnp.float32)
@@ -225,6 +232,13 @@ class Monitor:
         """Add the counts of a batch ``x`` (``[rows, features]``, from :meth:`Bins.encode`).
 
         Jittable: ``x`` may be a traced array.
+
+        Args:
+          state: the monitor's :class:`State`.
+          x: ``[rows, features]`` encoded values.
+
+        Returns:
+          The :class:`State` with the batch counted into the open window.
         """
         if np.ndim(x) != 2 or np.shape(x)[1] != len(self.bins.columns):
             raise ValueError(f"expected an encoded batch [rows, {len(self.bins.columns)}], "
@@ -236,7 +250,14 @@ class Monitor:
         return state._replace(current=state.current + batch_counts(x, self._edges))
 
     def score(self, reference, current):
-        """The divergence of ``current`` from ``reference`` counts, ``[..., F]``."""
+        """The monitor's statistic of ``current`` against ``reference`` counts.
+
+        Args:
+          reference, current: ``[..., F, B]`` counts.
+
+        Returns:
+          ``[..., F]`` values.
+        """
         bins_in = _statistics.bins_taking_part(self._own, self._optional, reference, current)
         return _statistics.statistic(
             self.statistic, reference, current, bins_in, own=self._own & ~self._optional,
@@ -244,7 +265,15 @@ class Monitor:
 
     @functools.partial(jax.jit, static_argnums=0)
     def close_window(self, state: State):
-        """Score the open window, update the detectors, start a new window: ``(state, Window)``."""
+        """Score the open window, update the detectors, start a new window.
+
+        Args:
+          state: the monitor's :class:`State`.
+
+        Returns:
+          ``(state, window)``: the new :class:`State` and the closed
+          window's :class:`Window` report.
+        """
         if self.reference_mode == "rolling":
             kept = state.history.sum(0)
             reference = jnp.where(state.closed > 0, kept, state.reference)
@@ -273,6 +302,10 @@ class Monitor:
           arl: the wanted average number of windows between false alarms.
           simulations: null windows drawn per feature to learn the divergence's law.
           runs: detector runs simulated per feature and threshold.
+          seed: the simulations' random seed.
+
+        Returns:
+          A new :class:`Monitor` with its :class:`Detector` set.
         """
         detector = calibrate_detectors(
             self.score, self.reference_counts, window, arl=arl, simulations=simulations,
