@@ -28,6 +28,11 @@ def x64():
 _MAPS = Path("/proc/self/maps")
 
 
+def _map_count():
+    with _MAPS.open() as maps:
+        return sum(1 for _ in maps)
+
+
 @pytest.fixture(autouse=True)
 def _release_compiled_programs():
     """Free the compiled programs once a worker holds many of them.
@@ -38,6 +43,6 @@ def _release_compiled_programs():
     segfaults. Clearing only then keeps the programs shared between tests.
     """
     yield
-    if _MAPS.exists() and sum(1 for _ in _MAPS.open()) > 20_000:
+    if _MAPS.exists() and _map_count() > 20_000:
         jax.clear_caches()
         _dispatch.clear_compiled()
