@@ -63,7 +63,8 @@ html_title = f"jaxdiv {release}"
 html_theme_options = {
     "description": "Exact, log-space divergences for JAX",
     "fixed_sidebar": True,
-    "page_width": "1180px",
+    "page_width": "1260px",
+    "body_max_width": "none",
     "sidebar_width": "250px",
     "show_relbars": True,
 }
