@@ -368,6 +368,16 @@ def _top_is_finite(x):
     return jnp.minimum(x, jnp.finfo(x.dtype).max)
 
 
+def rows_below(x, edges):
+    """``[features, edges]`` int32: how many rows of ``x [rows, features]`` lie below each edge.
+
+    NaN is below no edge. Keep ``x`` cache-sized (~1-4 MiB): the loop reads it once
+    per edge, which on XLA:CPU is 2.5-3x faster at 1000 features than one
+    compare of ``[rows, features, edges]`` summed over the rows.
+    """
+    return jax.lax.map(lambda e: jnp.sum(x < e, axis=0, dtype=jnp.int32), edges.T).T
+
+
 @functools.partial(jax.jit, static_argnames=("block",))
 def _block_totals(x, edges, starts, lengths, *, block):
     """Per block of rows: rows below each edge, missing rows and all rows.
@@ -387,12 +397,10 @@ def _block_totals(x, edges, starts, lengths, *, block):
         inside = ((index >= start) & (index < start + length))[:, None]
         # Rows outside the block become NaN: below no edge, and taken off the missing count.
         rows_x = jnp.where(inside, rows_x, jnp.nan)
-        # Float sums of 0/1 are exact below 2^24 rows and vectorise best on XLA:CPU.
-        below = jnp.where(rows_x[:, :, None] < edges, 1.0, 0.0).sum(0)
-        missing = jnp.where(jnp.isnan(rows_x), 1.0, 0.0).sum(0) - (block - length).astype(jnp.float32)
+        below = rows_below(rows_x, edges)
+        missing = jnp.sum(jnp.isnan(rows_x), axis=0, dtype=jnp.int32) - (block - length)
         total = jnp.broadcast_to(length.astype(jnp.int32), missing.shape)
-        return jnp.concatenate(
-            [below.astype(jnp.int32), missing.astype(jnp.int32)[:, None], total[:, None]], axis=1)
+        return jnp.concatenate([below, missing[:, None], total[:, None]], axis=1)
 
     return jax.lax.map(one, (starts, lengths))
 

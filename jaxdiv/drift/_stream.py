@@ -117,23 +117,25 @@ class Detector(NamedTuple):
     lam: Array
 
 
-def batch_counts(x, edges, *, block: int = 1024):
+def batch_counts(x, edges, *, block: Optional[int] = None):
     """``[features, B]`` counts of an encoded batch ``x [rows, features]``; jittable, any rows."""
-    rows = x.shape[0]
+    rows, features = x.shape
+    if block is None:
+        # About 2^19 values (2 MiB) per block: what the per-edge loop re-reads stays in cache.
+        block = int(min(8192, max(64, 1 << max((1 << 19) // max(features, 1), 1).bit_length() - 1)))
     pad = (-rows) % block
     # Padding rows are NaN: counted as missing, then taken off again.
-    x = jnp.concatenate([x, jnp.full((pad, x.shape[1]), jnp.nan, x.dtype)]) if pad else x
+    x = jnp.concatenate([x, jnp.full((pad, features), jnp.nan, x.dtype)]) if pad else x
 
     def one(b):
         b = _binning._top_is_finite(b)
-        below = jnp.where(b[:, :, None] < edges, 1.0, 0.0).sum(0)
-        return below, jnp.where(jnp.isnan(b), 1.0, 0.0).sum(0)
+        return _binning.rows_below(b, edges), jnp.sum(jnp.isnan(b), axis=0, dtype=jnp.int32)
 
-    below, missing = jax.lax.map(one, x.reshape(-1, block, x.shape[1]))
+    below, missing = jax.lax.map(one, x.reshape(-1, block, features))
     below, missing = below.sum(0), missing.sum(0) - pad
     present = rows - missing
     steps = jnp.concatenate([jnp.zeros_like(present)[:, None], below, present[:, None]], 1)
-    return jnp.concatenate([jnp.diff(steps, axis=1), missing[:, None]], 1)
+    return jnp.concatenate([jnp.diff(steps, axis=1), missing[:, None]], 1).astype(jnp.float32)
 
 
 class Monitor:
