@@ -70,3 +70,16 @@ html_theme_options = {
 }
 html_static_path = ["_static"]
 html_css_files = ["jaxdiv.css"]
+
+
+def _skip_fields(app, what, name, obj, skip, options):
+    """Dataclass and NamedTuple fields are described once, in their class's Attributes section."""
+    # Fields reach autodoc as its "instance attribute" sentinel or as tuple getters.
+    if what == "class" and (repr(obj) in ("INSTANCE_ATTR", "UNINITIALIZED_ATTR")
+                            or type(obj).__name__ == "_tuplegetter"):
+        return True
+    return None
+
+
+def setup(app):
+    app.connect("autodoc-skip-member", _skip_fields)

@@ -30,7 +30,10 @@ class DriftReport:
         ``n_reference``, ``n_current``, one column per statistic, ``p_value``
         (of ``test``), ``p_adjusted`` (after ``correction``) and ``drift``
         (``p_adjusted < alpha``). Never NaN.
-      test, method, alpha, correction: how ``p_value`` and ``drift`` were made.
+      test: the statistic whose p-value decides drift.
+      method: ``"asymptotic"`` or ``"bootstrap"``.
+      alpha: the level of the decision.
+      correction: the multiple-testing correction.
       dataset_p_value: one p-value for "some feature drifted in some window"
         (Cauchy combination, valid under any dependence between features).
       thresholds: per row, the value of ``test`` at which the row would be
@@ -73,7 +76,7 @@ class DriftReport:
         """The table as a pandas DataFrame, one row per feature and window.
 
         Returns:
-          A ``pandas.DataFrame`` with the columns of :attr:`columns` (needs
+          A ``pandas.DataFrame`` with the columns of ``columns`` (needs
           pandas: the ``drift`` extra).
         """
         import pandas as pd

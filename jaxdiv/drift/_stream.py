@@ -69,8 +69,10 @@ class Window(NamedTuple):
     Attributes:
       divergence: the window's statistic against the reference.
       n: rows in the window.
-      cusum, cusum_alarm: the CUSUM sum after this window, and whether it crossed its limit.
-      page_hinkley, ph_alarm: the Page-Hinkley statistic and its alarm.
+      cusum: the CUSUM sum after this window.
+      cusum_alarm: whether it crossed its limit.
+      page_hinkley: the Page-Hinkley statistic.
+      ph_alarm: whether it crossed its limit.
 
     Example:
       >>> import numpy as np
