@@ -131,7 +131,8 @@ def fit_bins(
 
     Continuous features get ``bins`` bins with open outer bins: edges at the
     reference quantiles ``1/bins, ..., (bins-1)/bins`` (``binning="quantile"``,
-    the default; values of the reference, as NumPy's ``method="inverted_cdf"``; repeated quantiles merge, so heavily tied data gets fewer bins)
+    the default; values of the reference, as NumPy's ``method="inverted_cdf"``;
+    repeated quantiles merge, so heavily tied data gets fewer bins)
     or equally spaced between the reference minimum and maximum
     (``binning="width"``). A numeric feature with at most ``bins`` distinct
     values gets one bin per value, and a categorical feature (strings, booleans,

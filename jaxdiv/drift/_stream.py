@@ -125,6 +125,8 @@ def batch_counts(x, edges, *, block: Optional[int] = None):
     if block is None:
         # About 2^19 values (2 MiB) per block: what the per-edge loop re-reads stays in cache.
         block = int(min(8192, max(64, 1 << max((1 << 19) // max(features, 1), 1).bit_length() - 1)))
+        # ... and no more padding than a batch of a few rows needs.
+        block = min(block, max(8, 1 << max(rows - 1, 0).bit_length()))
     pad = (-rows) % block
     # Padding rows are NaN: counted as missing, then taken off again.
     x = jnp.concatenate([x, jnp.full((pad, features), jnp.nan, x.dtype)]) if pad else x
