@@ -166,20 +166,27 @@ def test_the_wheel_and_sdist_build_and_install_with_only_the_runtime_dependencie
     in_sdist = {name.split("/", 1)[1] for name in tarfile.open(sdist).getnames() if "/" in name}
     assert {"pyproject.toml", "README.md", "LICENSE", "jaxdiv/__init__.py"} <= in_sdist
 
+    # Nothing of this checkout may leak in: a PYTHONPATH holding it makes pip skip the wheel.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     venv = tmp_path / "clean"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300, env=env)
     python = venv / "bin" / "python"
-    pip = [str(python), "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "install", str(wheel)], check=True, capture_output=True, timeout=900)
+    pip = [str(python), "-m", "pip", "--disable-pip-version-check"]
+    subprocess.run([*pip, "-q", "install", str(wheel)], check=True, capture_output=True,
+                   timeout=900, env=env)
+    # (not -q: pip's quiet mode prints no list at all)
     listed = subprocess.run([*pip, "list", "--format=freeze"], check=True, capture_output=True,
-                            text=True).stdout
+                            text=True, env=env).stdout
+    assert "jaxdiv==" + jaxdiv.__version__ in listed.split()
     installed = {line.split("==")[0].lower().replace("_", "-") for line in listed.split()}
+    assert {"jax", "jaxlib", "numpy"} <= installed, installed
     # jax's own dependencies come along; no optional extra (optax, pandas, flax, sphinx, ...).
     assert installed <= {"jaxdiv", "jax", "jaxlib", "numpy", "ml-dtypes", "opt-einsum", "scipy",
                          "pip", "setuptools"}, installed
     smoke = ("import jax.numpy as jnp, jaxdiv, jaxdiv.drift, jaxdiv.losses, jaxdiv.fused;"
              "p = jnp.log(jnp.array([0.5, 0.5, 0.0])); q = jnp.log(jnp.array([0.25, 0.25, 0.5]));"
              "print(jaxdiv.__version__, round(float(jaxdiv.kl_divergence(p, q)), 6))")
-    out = subprocess.run([str(python), "-c", smoke], check=True, capture_output=True, text=True,
-                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""}, timeout=300).stdout
-    assert out.split() == [jaxdiv.__version__, "0.693147"]
+    run = subprocess.run([str(python), "-c", smoke], capture_output=True, text=True, cwd=tmp_path,
+                         env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == [jaxdiv.__version__, "0.693147"]
