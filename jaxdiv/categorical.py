@@ -143,10 +143,12 @@ def _kl_coefficients(p: Array, q: Array, stats) -> tuple[Array, Array]:
 # Closed forms: dKL/dq = Q - P, dKL/dp = -P (log Q - log P + KL); autodiff through
 # the branches of log_ratio would be slower and leaks NaN at -inf.
 def _kl_jvp(primals, tangents):
-    p_raw, q_raw, scale, valid = primals
-    p_raw, q_raw = promote(p_raw), promote(q_raw)
+    p_in, q_in, scale, valid = primals
     dp, dq, dscale = tangents[:3]
-    stats = row_stats(_tempered_stats(p_raw, q_raw, scale, valid))
+    # The row blocks widen 16-bit inputs themselves; the whole-array tangent's
+    # widening fuses into its elementwise pass.
+    stats = row_stats(_tempered_stats(p_in, q_in, scale, valid))
+    p_raw, q_raw = promote(p_in), promote(q_in)
     p, q = _tempered(p_raw, scale, valid), _tempered(q_raw, scale, valid)
     coef_p, coef_q = _kl_coefficients(p, q, stats)
     tangent = _inner(coef_p, dp) + _inner(coef_q, dq)
@@ -154,12 +156,29 @@ def _kl_jvp(primals, tangents):
         return stats.kl, tangent
     tangent = tangent * scale
     if not _is_zero(dscale):
-        # d/ds KL(softmax(s p), softmax(s q)) = <coef_p, p> + <coef_q, q>; -inf logits do not move.
-        finite_p, finite_q = p_raw > -jnp.inf, q_raw > -jnp.inf
-        slope = row_sum(jnp.where(finite_p, coef_p * jnp.where(finite_p, p_raw, 0.0), 0.0))
-        slope = slope + row_sum(jnp.where(finite_q, coef_q * jnp.where(finite_q, q_raw, 0.0), 0.0))
-        tangent = tangent + slope * dscale
+        tangent = tangent + _temperature_slope(p_in, q_in, scale, valid, stats) * dscale
     return stats.kl, tangent
+
+
+def _temperature_slope(p: Array, q: Array, scale: Array, valid: Optional[Array], stats) -> Array:
+    """d/ds KL(softmax(s p), softmax(s q)) = <coef_p, p> + <coef_q, q>; -inf logits do not move.
+
+    Row sums over the coefficients, so computed in row blocks: XLA:CPU would
+    otherwise hold both coefficients as whole ``[..., C]`` arrays (the tangent
+    of the logits, elementwise, fuses without them).
+    """
+    leaves, tree = jax.tree.flatten(stats)
+    masked = valid is not None
+
+    def rows(a, b, *rest):
+        v = rest[0] if masked else None
+        coef_a, coef_b = _kl_coefficients(
+            _tempered(a, scale, v), _tempered(b, scale, v), jax.tree.unflatten(tree, rest[masked:]))
+        finite_a, finite_b = a > -jnp.inf, b > -jnp.inf
+        slope = row_sum(jnp.where(finite_a, coef_a * jnp.where(finite_a, a, 0.0), 0.0))
+        return slope + row_sum(jnp.where(finite_b, coef_b * jnp.where(finite_b, b, 0.0), 0.0))
+
+    return map_rows(rows, p, q, *((valid,) if masked else ()), *leaves)
 
 
 # _scaled_kl(axis_name)(p, q, scale, valid)

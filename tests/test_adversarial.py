@@ -322,6 +322,22 @@ def test_memory_bfloat16_inputs_are_widened_block_by_block():
     # The KL forward still holds one copy of both inputs' bits for its loop plus its
     # blocks (was a float32 copy of both: 4x).
     assert _temps(jaxdiv.kl_divergence, x, x) <= 2.25 * bf16_input
+    # KL value+grad: the row statistics' blocks widen the inputs themselves, and
+    # the gradients' elementwise pass widens as it reads (was 4.2x: a float32
+    # copy of both inputs for the statistics).
+    kl_grad = jax.value_and_grad(lambda a, b: jaxdiv.kl_divergence(a, b).sum(), (0, 1))
+    assert _temps(kl_grad, x, x) < 0.5 * bf16_input
+    distill = jax.value_and_grad(lambda a, b: losses.distillation_loss(a, b, temperature=2.0))
+    assert _temps(distill, x, x) < 1.5 * bf16_input    # was 4.3x
+
+
+def test_memory_learned_temperature_slope_is_summed_in_row_blocks():
+    # d/dT of the distillation loss sums <coefficients, logits> over the classes;
+    # as whole arrays XLA:CPU held both coefficients: 4.0x one float32 input.
+    x = jax.ShapeDtypeStruct((1024, 32000), jnp.float32)
+    t = jax.ShapeDtypeStruct((), jnp.float32)
+    grad = jax.grad(lambda temp, a, b: losses.distillation_loss(a, b, temperature=temp), (0, 1))
+    assert _temps(grad, t, x, x) < 0.25 * 1024 * 32000 * 4
 
 
 # -------------------------------------------------------------- eager calls
