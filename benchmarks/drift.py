@@ -133,12 +133,15 @@ def stream_throughput(quick):
         monitor = drift.Monitor(bins, ref)
         batch = rng.standard_normal((8192, features), dtype=np.float32)
         state = monitor.update(monitor.init(), batch)
-        calls = 10 if quick else 30
-        began = time.perf_counter()
-        for _ in range(calls):
-            state = monitor.update(state, batch)
-        jax.block_until_ready(state)
-        out[features] = calls * batch.shape[0] / (time.perf_counter() - began)
+        calls, runs = (10, 1) if quick else (10, 3)
+        best = float("inf")
+        for _ in range(runs):    # best of the runs: this machine is shared
+            began = time.perf_counter()
+            for _ in range(calls):
+                state = monitor.update(state, batch)
+            jax.block_until_ready(state)
+            best = min(best, time.perf_counter() - began)
+        out[features] = calls * batch.shape[0] / best
     return out
 
 
@@ -318,7 +321,8 @@ def markdown(r) -> str:
     if s["big_seconds"]:
         lines += ["", f"jaxdiv at 1M + 1M rows x 1000 features: {s['big_seconds']:.1f} s "
                       f"({2e9 / s['big_seconds']:,.0f} rows x features / s)."]
-    lines += ["", "Streaming update (`Monitor.update`, 8192-row batches, 10 bins):", "",
+    lines += ["", "Streaming update (`Monitor.update` of NumPy float32 batches of 8192 rows, 10 bins;"
+              " best of three runs of 10 updates):", "",
               "| features | rows / s |", "|---:|---:|"]
     lines += [f"| {f} | {v:,.0f} |" for f, v in r["stream_throughput"].items()]
     lines += ["", "## Accuracy", "", "Max relative error against SciPy / the definitions in float64 (50 random "

@@ -13,6 +13,7 @@ import scipy.spatial.distance as ssd
 import scipy.stats as ss
 
 from jaxdiv import drift
+from jaxdiv.drift import _stream
 
 ROOT = Path(__file__).resolve().parents[1]
 DIVERGENCES = ("kl", "reverse_kl", "psi", "js", "js_distance", "hellinger", "tv")
@@ -331,6 +332,45 @@ def test_sliding_windows_and_references(rng):
         got = np.asarray(drift.references(counts, mode, ref, **kw))
         for i in range(6):
             np.testing.assert_allclose(got[:, i], want(i), rtol=1e-6, err_msg=mode)
+
+
+def test_streaming_update_reads_numpy_batches_in_place_at_every_alignment(rng, monkeypatch):
+    # A float32 NumPy batch whose start is not 64-byte aligned is counted through an
+    # aligned view of its own memory (the copy cost more than the counting); every
+    # offset must give the counts of an independent NumPy binning, NaN and +-inf included.
+    assert _stream._in_place_parts(np.zeros((37, 20), np.float32)[:, 1:]) is None
+    assert _stream._in_place_parts(np.zeros(37 * 20 + 1, np.float32)[1:].reshape(37, 20)) is None
+    monkeypatch.setattr(_stream, "_IN_PLACE_BYTES", 0)   # taken from 1 MiB: here from any size
+    columns = {f"f{j}": rng.normal(size=500) for j in range(20)}
+    columns["f3"] = rng.choice([1.0, 2.0, 3.0], 500)            # few levels: fewer edges, +inf padding
+    bins = drift.fit_bins(columns)
+    monitor = drift.Monitor(bins, columns)
+    edges = np.asarray(bins.edges)
+    buffer = np.empty(40 * 20 + 32, np.float32)
+    start = (-buffer.ctypes.data % 64) // 4
+    for shift in range(16):
+        x = buffer[start + shift: start + shift + 37 * 20].reshape(37, 20)
+        x[...] = rng.normal(size=(37, 20)) * 1.5
+        x[rng.random((37, 20)) < 0.1] = np.nan
+        x[0, 0], x[-1, -1], x[5, 3], x[36, 19 - shift % 3] = np.inf, -np.inf, 2.0, np.inf
+        parts = _stream._in_place_parts(x)
+        assert (parts is None) == (shift == 0)
+        if parts is not None:
+            assert np.shares_memory(parts[0], x) and parts[0].ctypes.data % 64 == 0
+        index = np.sum(np.minimum(x, np.finfo(np.float32).max)[:, :, None] >= edges[None], -1)
+        want = np.zeros((20, bins.num_bins), np.float32)
+        for j in range(20):
+            np.add.at(want[j], index[~np.isnan(x[:, j]), j], 1)
+            want[j, -1] = np.isnan(x[:, j]).sum()
+        got = monitor.update(monitor.init(), x).current
+        np.testing.assert_array_equal(np.asarray(got), want, err_msg=f"offset {4 * shift} bytes")
+        np.testing.assert_array_equal(np.asarray(monitor.update(monitor.init(), jnp.asarray(x)).current), want)
+    # One row, no row, a view that is not contiguous: the plain path, same counts.
+    for x in (buffer[start + 1: start + 21].reshape(1, 20), np.zeros((0, 20), np.float32),
+              np.asarray(buffer[start + 1: start + 1 + 40 * 20].reshape(20, 40).T[::2])):
+        assert _stream._in_place_parts(x) is None
+        np.testing.assert_array_equal(np.asarray(monitor.update(monitor.init(), x).current),
+                                      np.asarray(drift.count(bins, x)[:, 0]))
 
 
 def test_chunk_thresholds_are_out_of_sample(rng):

