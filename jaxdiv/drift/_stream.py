@@ -160,15 +160,17 @@ def _in_place_parts(x):
     rest, skip)``: ``body``, the aligned view of the ``(R - 1) * F`` values that
     start ``skip`` values in (so its column j holds feature (j + skip) % F, from
     consecutive rows), and ``rest``, the one row of the values left over
-    (``x[0, :skip]`` and ``x[-1, skip:]``). None when ``x`` is taken in place
-    already, is small, or the view does not exist."""
+    (``x[0, :skip]`` and ``x[-1, skip:]``). ``()`` when ``x`` is aligned (read
+    in place as it is); None when it is small or the view does not exist."""
     if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous
-            and x.nbytes >= _IN_PLACE_BYTES):
+            and x.nbytes >= _IN_PLACE_BYTES and x.shape[0] >= 2):
         return None
     rows, features = x.shape
     offset = x.ctypes.data % _HOST_ALIGNMENT
     skip = (_HOST_ALIGNMENT - offset) // x.itemsize
-    if offset == 0 or offset % x.itemsize or rows < 2 or skip > features:
+    if offset == 0:
+        return ()
+    if offset % x.itemsize or skip > features:
         return None
     flat = x.reshape(-1)
     end = skip + (rows - 1) * features
@@ -272,9 +274,10 @@ class Monitor:
     def update(self, state: State, x) -> State:
         """Add the counts of a batch ``x`` (``[rows, features]``, from :meth:`Bins.encode`).
 
-        Jittable: ``x`` may be a traced array. A NumPy float32 batch of 1 MiB
-        or more is read in place, without a copy; the call then returns once
-        the batch is counted, so the caller may reuse its memory.
+        Jittable: ``x`` may be a traced array. A NumPy batch is no longer read
+        when the call returns, so the caller may refill it at once: a float32
+        batch of 1 MiB or more is read in place (no copy) and counted before
+        the call returns; a smaller one is copied.
 
         Args:
           state: the monitor's :class:`State`.
@@ -288,9 +291,15 @@ class Monitor:
                              f"got shape {np.shape(x)}.")
         parts = _in_place_parts(x)
         if parts is None:
+            if isinstance(x, np.ndarray):
+                # A private copy: JAX reads an aligned NumPy array in place, and once
+                # this call returns the caller may change it.
+                x = np.array(x, np.float32, order="C")
             return self._update(state, x)
-        # The counts read the caller's memory: done before the caller may change it.
-        return jax.block_until_ready(self._update_in_place(state, *parts))
+        # XLA:CPU reads the caller's memory (the batch or its aligned view): the
+        # counts are done before the caller may change it.
+        new = self._update_in_place(state, *parts) if parts else self._update(state, x)
+        return jax.block_until_ready(new)
 
     @functools.partial(jax.jit, static_argnums=0)
     def _update(self, state: State, x) -> State:
