@@ -424,7 +424,6 @@ def map_rows(fn, *arrays, linear=()):
     # Arrays without a class axis (per-row statistics) are split with the rows.
     num_classes = max(max((a.shape[-1] for a in arrays if a.ndim == nb + 1), default=1), 1)
     block = max(1, min(rows, _BLOCK_ELEMENTS // num_classes))
-    dtypes = [a.dtype for a in arrays]
     mapped_positions = [i for i, m in enumerate(mapped) if m is not None]
     xs = tuple(m for m in mapped if m is not None)
 
@@ -432,20 +431,18 @@ def map_rows(fn, *arrays, linear=()):
         """``fn`` on blocks whose batch has shape ``size``."""
         it = iter(xs)
         args = [
-            promote(_from_bits(next(it), dtype) if s is None else s.reshape((1,) * len(size) + s.shape[nb:]))
-            for s, dtype in zip(shared, dtypes)
+            promote(next(it) if s is None else s.reshape((1,) * len(size) + s.shape[nb:]))
+            for s in shared
         ]
         out = fn(*args)
         return jax.tree.map(lambda o: jnp.broadcast_to(o, size + o.shape[len(size):]), out)
 
     def blocked(xs):
-        # XLA:CPU widens a 16-bit float array that a loop slices to float32 as
-        # a whole before the loop; carried as its bits, each block is widened alone.
-        xs = tuple(x if i in linear else _as_bits(x) for i, x in zip(mapped_positions, xs))
+        narrow = tuple(i not in linear and _is_16_bit(x) for i, x in zip(mapped_positions, xs))
         outer = _outer_shape(batch, block)
         if outer is not None:
-            return _strided_blocks(run, xs, batch, outer, bool(linear))
-        return _contiguous_blocks(run, xs, batch, block)
+            return _strided_blocks(run, xs, narrow, batch, outer, bool(linear))
+        return _contiguous_blocks(run, xs, narrow, batch, block)
 
     if rows // block <= 1 and _forced_branch is None:
         # One cache-sized block: both formulations are one pass, the CPU's serves all.
@@ -486,11 +483,10 @@ def _divisors(n: int):
     return small + [n // d for d in reversed(small) if d * d != n]
 
 
-def _strided_blocks(run, xs, batch: tuple, outer: tuple, linear: bool):
+def _strided_blocks(run, xs, narrow, batch: tuple, outer: tuple, linear: bool):
     steps = tuple(d // o for d, o in zip(batch, outer))
     nb = len(batch)
     split = tuple(x for pair in zip(outer, steps) for x in pair)   # (o0, s0, o1, s1, ...)
-    views = tuple(x.reshape(split + x.shape[nb:]) for x in xs)
 
     def starts(k):
         index = []
@@ -499,55 +495,68 @@ def _strided_blocks(run, xs, batch: tuple, outer: tuple, linear: bool):
             k = k // s
         return [v for ki in reversed(index) for v in (0, ki)]
 
-    def read_and_run(k, views):
-        block = tuple(
-            jax.lax.dynamic_slice(v, starts(k) + [0] * (v.ndim - 2 * nb),
-                                  [n for o in outer for n in (o, 1)] + list(v.shape[2 * nb:]))
-            .reshape(outer + v.shape[2 * nb:])
-            for v in views)
-        return run(block, outer)
+    def read_and_run(k, xs):
+        def read(x):
+            v = x.reshape(split + x.shape[nb:])
+            return (jax.lax.dynamic_slice(v, starts(k) + [0] * (v.ndim - 2 * nb),
+                                          [n for o in outer for n in (o, 1)] + list(v.shape[2 * nb:]))
+                    .reshape(outer + v.shape[2 * nb:]))
+        return run(tuple(_read_block(read, x, n, k) for x, n in zip(xs, narrow)), outer)
 
     # Under reverse mode a slice read in the loop would be saved per step, a
-    # whole input stacked; recomputed from the loop-invariant views, it is not.
+    # whole input stacked; recomputed from the loop-invariant inputs, it is not.
     read_and_run = jax.checkpoint(read_and_run) if linear else read_and_run
 
     def body(k, out):
         def put(buf, o):
             o = o.reshape(tuple(n for d in outer for n in (d, 1)) + o.shape[nb:])
             return jax.lax.dynamic_update_slice(buf, o, starts(k) + [0] * (o.ndim - 2 * nb))
-        return jax.tree.map(put, out, read_and_run(k, views))
+        return jax.tree.map(put, out, read_and_run(k, xs))
 
-    shapes = jax.eval_shape(lambda: read_and_run(0, views))
+    shapes = jax.eval_shape(lambda: read_and_run(0, xs))
     out = jax.tree.map(lambda s: jnp.zeros(split + s.shape[nb:], s.dtype), shapes)
     out = jax.lax.fori_loop(0, math.prod(steps), body, out)
     return jax.tree.map(lambda o: o.reshape(batch + o.shape[2 * nb:]), out)
 
 
-def _contiguous_blocks(run, xs, batch: tuple, block: int):
+def _contiguous_blocks(run, xs, narrow, batch: tuple, block: int):
     """Rows flattened into whole blocks in a loop, the shorter last block on its own."""
     rows = math.prod(batch)
-    flat = tuple(x.reshape((rows,) + x.shape[len(batch):]) for x in xs)
     full = rows // block
+
+    def rows_of(start, size):
+        def read(x):
+            flat = x.reshape((rows,) + x.shape[len(batch):])
+            return jax.lax.dynamic_slice_in_dim(flat, start, size)
+        return tuple(_read_block(read, x, n, start) for x, n in zip(xs, narrow))
+
     if full <= 1:
-        out = run(flat, (rows,))
+        out = run(rows_of(0, rows), (rows,))
     else:
-        blocks = tuple(x[: full * block].reshape((full, block) + x.shape[1:]) for x in flat)
-        out = jax.lax.map(lambda b: run(b, (block,)), blocks)
+        out = jax.lax.map(lambda k: run(rows_of(k * block, block), (block,)), jnp.arange(full))
         out = jax.tree.map(lambda o: o.reshape((full * block,) + o.shape[2:]), out)
         if full * block < rows:
-            last = run(tuple(x[full * block:] for x in flat), (rows - full * block,))
+            last = run(rows_of(full * block, rows - full * block), (rows - full * block,))
             out = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, last)
     return jax.tree.map(lambda o: o.reshape(batch + o.shape[1:]), out)
 
 
-def _as_bits(x):
-    if x is not None and jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize == 2:
-        return jax.lax.bitcast_convert_type(x, jnp.uint16)
-    return x
+def _is_16_bit(x) -> bool:
+    return jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize == 2
 
 
-def _from_bits(x, dtype):
-    return jax.lax.bitcast_convert_type(x, dtype) if x.dtype != dtype else x
+def _read_block(read, x, narrow: bool, k):
+    """``read(x)``, a block of ``x`` at loop step ``k``.
+
+    XLA:CPU computes every operation on a 16-bit float in float32 but the
+    convert, so a loop's slice of a 16-bit input becomes a slice of the input
+    widened as a whole before the loop: a float32 copy. Read in the branch of
+    a conditional (never false, but not provably so), only the block is widened.
+    """
+    if not narrow:
+        return read(x)
+    shape = jax.eval_shape(read, x)
+    return jax.lax.cond(k >= 0, read, lambda x: jnp.zeros(shape.shape, shape.dtype), x)
 
 
 _ROW_STATS = "jaxdiv_row_stats"

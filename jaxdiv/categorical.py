@@ -242,9 +242,9 @@ def _cross_entropy_value(p: Array, q: Array) -> Array:
 def _xent_coefficients(p: Array, q: Array, stats: _XentStats) -> tuple[Array, Array]:
     read = support(_softmax(p, stats.lse_p)) & (q > -jnp.inf)
     coef_p = _xent_coef_p(p, stats.lse_q[..., None] - jnp.where(read, q, 0.0), stats, read)
-    coef_q = jnp.where(
-        _has_mass(stats.lse_p), _softmax(q, stats.lse_q) - _softmax(p, stats.lse_p), 0.0
-    )
+    # P formed apart from coef_p's (see _kl_coefficients): not shared as a [..., C] temporary.
+    probs_p_own = jnp.exp(p + (-finite_or_zero(stats.lse_p))[..., None])
+    coef_q = jnp.where(_has_mass(stats.lse_p), _softmax(q, stats.lse_q) - probs_p_own, 0.0)
     return coef_p, coef_q
 
 
