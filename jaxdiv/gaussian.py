@@ -30,7 +30,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from jaxdiv import _checks
 from jaxdiv._dispatch import eager_jit
-from jaxdiv._numerics import expm1mx, expm1mx_finite, recompute_in_backward, row_stats
+from jaxdiv._numerics import expm1mx, expm1mx_finite, map_rows, promote, recompute_in_backward, row_stats
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -79,14 +79,22 @@ def _fused_or_safe(fused, safe, args):
     runs the elementwise terms and the event sum as one pass; it is exact for
     finite inputs. Infinite or NaN parameters and overflow take the select-based
     ``safe`` path (a batch-level ``lax.cond``), which defines every edge case.
+    The safe path runs in row blocks (:func:`map_rows`): its selects would
+    hold whole ``[..., d]`` temporaries on the CPU. So does the fused path for
+    16-bit ``args``, which the blocks widen as they read them, or a broadcast
+    one (the standard normal's scalar prior): XLA:CPU would widen them whole,
+    and, in the gradient's program, broadcast a scalar in full.
     """
-    value = jnp.sum(fused(*args), axis=-1)
+    if all(a.shape == args[0].shape and jnp.dtype(a.dtype).itemsize > 2 for a in args):
+        value = jnp.sum(fused(*args), axis=-1)   # one whole-array pass: 2x faster than blocks
+    else:
+        value = map_rows(lambda *a: jnp.sum(fused(*a), axis=-1), *args)
     if value.size == 0:
         return value
     return jax.lax.cond(
         jnp.all(jnp.isfinite(value)),
         lambda: value,
-        lambda: jnp.sum(safe(*args), axis=-1),
+        lambda: map_rows(lambda *a: jnp.sum(safe(*a), axis=-1), *args),
     )
 
 
@@ -121,20 +129,27 @@ def _diag_kl(mp, vp, mq, vq):
 # d/dmu_p = -d/dmu_q = dmu e^{-v_q}; autodiff through the cond would keep the
 # residuals of both branches.
 def _diag_kl_jvp(primals, tangents):
-    mp, vp, mq, vq = primals
-    value = row_stats(_diag_kl(mp, vp, mq, vq))
+    value = row_stats(_diag_kl(*primals))
+    mp, vp, mq, vq = (promote(a) for a in primals)
     half_expm1 = 0.5 * jnp.expm1(_log_ratio(vp, vq))
     diff = mp - mq
     nonzero = diff != 0
-    scaled = jnp.where(nonzero, diff, 1.0) * jnp.exp(-jnp.where(nonzero, vq, 0.0))
-    coef_mean = jnp.where(nonzero, scaled, 0.0)
-    coef_vq = -half_expm1 - 0.5 * _scaled_square(diff, vq)
+    vq_read = jnp.where(nonzero, vq, 0.0)
+    coef_mean = jnp.where(nonzero, jnp.where(nonzero, diff, 1.0) * jnp.exp(-vq_read), 0.0)
+    # The q-side coefficients repeat the p-side ones in forms XLA does not merge
+    # (x * -1 for -x, a + (-b) for a - b; equal in IEEE arithmetic): each
+    # gradient's pass computes its own exp, where a shared one would be held as
+    # a whole [..., d] float32 array (see categorical._kl_coefficients).
+    coef_mean_q = jnp.where(nonzero, jnp.where(nonzero, -diff, 1.0) * jnp.exp(vq_read * -1.0), 0.0)
+    same = vp == vq
+    half_expm1_q = 0.5 * jnp.expm1(jnp.where(same, 0.0, vp) + (-jnp.where(same, 0.0, vq)))
+    coef_vq = -half_expm1_q - 0.5 * _scaled_square(diff, vq)
     # An infinite KL (a zero variance in Q, an overflow) is locally constant:
     # its gradient is 0, as for every categorical kernel.
     live = jnp.isfinite(value)[..., None]
     tangent = jnp.zeros_like(value)
     for coef, t in ((coef_mean, tangents[0]), (half_expm1, tangents[1]),
-                    (-coef_mean, tangents[2]), (coef_vq, tangents[3])):
+                    (coef_mean_q, tangents[2]), (coef_vq, tangents[3])):
         if not isinstance(t, SymbolicZero):   # e.g. the fixed prior of kl_standard_normal
             coef = jnp.where(live, jnp.broadcast_to(coef, t.shape), 0.0)
             tangent = tangent + jnp.sum(coef * t, axis=-1)
@@ -145,9 +160,12 @@ _diag_kl.defjvp(_diag_kl_jvp, symbolic_zeros=True)
 _diag_kl = recompute_in_backward(_diag_kl)
 
 
-def _prepare_diag(arrays, names, axis, where):
-    """Promote, broadcast and mask diagonal-Gaussian parameters (masked entries read as 0)."""
-    arrays = [_checks.float_array(a, n) for a, n in zip(arrays, names)]
+def _prepare_diag(arrays, names, axis, where, widen=True):
+    """Promote, broadcast and mask diagonal-Gaussian parameters (masked entries read as 0).
+
+    ``widen=False`` keeps 16-bit parameters for a kernel that widens them as it reads.
+    """
+    arrays = [_checks.float_array(a, n, widen=widen) for a, n in zip(arrays, names)]
     dtype = jnp.result_type(*arrays)
     arrays = [a.astype(dtype) for a in arrays]
     try:
@@ -217,6 +235,7 @@ def kl_divergence(
         ("mean_p", "log_var_p", "mean_q", "log_var_q"),
         axis,
         where,
+        widen=False,
     )
     return _diag_kl(*(jnp.moveaxis(a, axis, -1) for a in (mp, vp, mq, vq)))
 
@@ -252,7 +271,7 @@ def kl_standard_normal(
       >>> float(gaussian.kl_standard_normal(jnp.zeros(8), jnp.zeros(8)))
       0.0
     """
-    (m, v), axis, where = _prepare_diag((mean, log_var), ("mean", "log_var"), axis, where)
+    (m, v), axis, where = _prepare_diag((mean, log_var), ("mean", "log_var"), axis, where, widen=False)
     m, v = jnp.moveaxis(m, axis, -1), jnp.moveaxis(v, axis, -1)
     zero = jnp.zeros((), m.dtype)   # a scalar prior broadcasts for free
     return _diag_kl(m, v, zero, zero)
