@@ -438,7 +438,7 @@ def map_rows(fn, *arrays, linear=()):
         return jax.tree.map(lambda o: jnp.broadcast_to(o, size + o.shape[len(size):]), out)
 
     def blocked(xs):
-        narrow = tuple(i not in linear and _is_16_bit(x) for i, x in zip(mapped_positions, xs))
+        narrow = tuple(i not in linear and is_16_bit(x) for i, x in zip(mapped_positions, xs))
         outer = _outer_shape(batch, block)
         if outer is not None:
             return _strided_blocks(run, xs, narrow, batch, outer, bool(linear))
@@ -541,7 +541,8 @@ def _contiguous_blocks(run, xs, narrow, batch: tuple, block: int):
     return jax.tree.map(lambda o: o.reshape(batch + o.shape[1:]), out)
 
 
-def _is_16_bit(x) -> bool:
+def is_16_bit(x) -> bool:
+    """A bfloat16 or float16 array (computed in float32, stored narrow)."""
     return jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize == 2
 
 

@@ -87,6 +87,16 @@ def _softmax(x: Array, lse: Array) -> Array:
     return jnp.exp(x - finite_or_zero(lse)[..., None])
 
 
+def _softmax_apart(x: Array, lse: Array) -> Array:
+    """:func:`_softmax` written as ``exp(x + (-lse))``, equal in IEEE arithmetic.
+
+    For a second gradient that needs P: XLA does not merge the two forms, so
+    each gradient's pass computes its own exp (one more per class), where a
+    shared P would be held as a whole ``[..., C]`` float32 temporary.
+    """
+    return jnp.exp(x + (-finite_or_zero(lse))[..., None])
+
+
 def _has_mass(lse: Array) -> Array:
     return (lse > -jnp.inf)[..., None]
 
@@ -123,11 +133,8 @@ def _scaled_kl_value(p: Array, q: Array, scale: Optional[Array], valid: Optional
 
 def _kl_coefficients(p: Array, q: Array, stats) -> tuple[Array, Array]:
     """``(dKL/dp, dKL/dq)`` from the row statistics of :func:`log_ratio` (or the one-pass kernel's)."""
-    # P is formed twice, as exp(p - lse) and exp(p + (-lse)), so that XLA does not
-    # share it between the two gradients: one exp more per class beats
-    # materialising P as a [..., C] temporary.
     probs_p = _softmax(p, stats.lse_p)
-    probs_p_own = jnp.exp(p + (-finite_or_zero(stats.lse_p))[..., None])
+    probs_p_own = _softmax_apart(p, stats.lse_p)
     read = support(probs_p_own) & (q > -jnp.inf)
     finite = jnp.isfinite(stats.kl)[..., None]
     kl = jnp.where(finite, stats.kl[..., None], 0.0)
@@ -242,9 +249,7 @@ def _cross_entropy_value(p: Array, q: Array) -> Array:
 def _xent_coefficients(p: Array, q: Array, stats: _XentStats) -> tuple[Array, Array]:
     read = support(_softmax(p, stats.lse_p)) & (q > -jnp.inf)
     coef_p = _xent_coef_p(p, stats.lse_q[..., None] - jnp.where(read, q, 0.0), stats, read)
-    # P formed apart from coef_p's (see _kl_coefficients): not shared as a [..., C] temporary.
-    probs_p_own = jnp.exp(p + (-finite_or_zero(stats.lse_p))[..., None])
-    coef_q = jnp.where(_has_mass(stats.lse_p), _softmax(q, stats.lse_q) - probs_p_own, 0.0)
+    coef_q = jnp.where(_has_mass(stats.lse_p), _softmax(q, stats.lse_q) - _softmax_apart(p, stats.lse_p), 0.0)
     return coef_p, coef_q
 
 

@@ -30,7 +30,9 @@ from jax.custom_derivatives import SymbolicZero
 
 from jaxdiv import _checks
 from jaxdiv._dispatch import eager_jit
-from jaxdiv._numerics import expm1mx, expm1mx_finite, map_rows, promote, recompute_in_backward, row_stats
+from jaxdiv._numerics import (
+    expm1mx, expm1mx_finite, is_16_bit, map_rows, promote, recompute_in_backward, row_stats,
+)
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -85,7 +87,7 @@ def _fused_or_safe(fused, safe, args):
     one (the standard normal's scalar prior): XLA:CPU would widen them whole,
     and, in the gradient's program, broadcast a scalar in full.
     """
-    if all(a.shape == args[0].shape and jnp.dtype(a.dtype).itemsize > 2 for a in args):
+    if all(a.shape == args[0].shape and not is_16_bit(a) for a in args):
         value = jnp.sum(fused(*args), axis=-1)   # one whole-array pass: 2x faster than blocks
     else:
         value = map_rows(lambda *a: jnp.sum(fused(*a), axis=-1), *args)
