@@ -393,6 +393,22 @@ def test_streaming_update_is_done_with_a_numpy_batch_when_it_returns(rng):
         assert counts[:, -1].sum() == 0 and (counts.sum(1) == 30 * rows).all()
 
 
+def test_streaming_update_under_jit_counts_a_numpy_batch(rng, monkeypatch):
+    # A traced state is no CPU buffer to read in place: the batch goes in as a
+    # constant (no waiting on a tracer), and the counts are the eager ones.
+    monkeypatch.setattr(_stream, "_IN_PLACE_BYTES", 0)
+    columns = {f"f{j}": rng.normal(size=300) for j in range(20)}
+    bins = drift.fit_bins(columns)
+    monitor = drift.Monitor(bins, columns)
+    buffer = np.empty(37 * 20 + 16, np.float32)
+    x = buffer[1: 1 + 37 * 20].reshape(37, 20)          # not aligned: the in-place path eagerly
+    x[...] = rng.normal(size=(37, 20))
+    assert _stream._in_place_parts(x)
+    got = jax.jit(lambda s: monitor.update(s, x))(monitor.init()).current
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(monitor.update(monitor.init(), x).current))
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(drift.count(bins, x)[:, 0]))
+
+
 def test_chunk_thresholds_are_out_of_sample(rng):
     ref = {"x": rng.normal(size=6000)}
     bins = drift.fit_bins(ref)

@@ -179,6 +179,14 @@ def _in_place_parts(x):
     return body, rest, np.int32(skip)
 
 
+def _on_host(counts) -> bool:
+    """Counts held, concretely, on CPU devices only: where XLA:CPU reads a NumPy batch
+    in place. A traced state (``update`` under ``jit``) or one on an accelerator
+    copies the batch as any argument, and need not wait for its counts."""
+    return (isinstance(counts, jax.Array) and not isinstance(counts, jax.core.Tracer)
+            and all(d.platform == "cpu" for d in counts.devices()))
+
+
 class Monitor:
     """A streaming drift monitor over the features of :class:`~jaxdiv.drift.Bins`.
 
@@ -274,10 +282,10 @@ class Monitor:
     def update(self, state: State, x) -> State:
         """Add the counts of a batch ``x`` (``[rows, features]``, from :meth:`Bins.encode`).
 
-        Jittable: ``x`` may be a traced array. A NumPy batch is no longer read
-        when the call returns, so the caller may refill it at once: a float32
-        batch of 1 MiB or more is read in place (no copy) and counted before
-        the call returns; a smaller one is copied.
+        Jittable: ``x`` and ``state`` may be traced. A NumPy batch is no longer
+        read when the call returns, so the caller may refill it at once: with
+        the state on the CPU, a float32 batch of 1 MiB or more is read in place
+        (no copy) and counted before the call returns; any other is copied.
 
         Args:
           state: the monitor's :class:`State`.
@@ -289,7 +297,7 @@ class Monitor:
         if np.ndim(x) != 2 or np.shape(x)[1] != len(self.bins.columns):
             raise ValueError(f"expected an encoded batch [rows, {len(self.bins.columns)}], "
                              f"got shape {np.shape(x)}.")
-        parts = _in_place_parts(x)
+        parts = _in_place_parts(x) if _on_host(state.current) else None
         if parts is None:
             if isinstance(x, np.ndarray):
                 # A private copy: JAX reads an aligned NumPy array in place, and once
