@@ -409,6 +409,34 @@ def test_streaming_update_under_jit_counts_a_numpy_batch(rng, monkeypatch):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(drift.count(bins, x)[:, 0]))
 
 
+def test_streaming_update_of_ever_changing_batch_sizes_compiles_a_bounded_number_of_programs(rng):
+    # Each new row count was a compile (~0.1 s) per batch; the counts must stay
+    # those of an independent NumPy binning of everything fed.
+    columns = {f"f{j}": rng.normal(size=400) for j in range(6)}
+    bins = drift.fit_bins(columns)
+    monitor = drift.Monitor(bins, columns)
+    compiles = []
+
+    def listen(event, duration, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(kw.get("fun_name"))
+
+    state, fed = monitor.init(), []
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        for rows in rng.permutation(np.arange(1, 301))[:60]:
+            x = rng.normal(size=(rows, 6)).astype(np.float32)
+            x[rng.random(x.shape) < 0.05] = np.nan
+            state = monitor.update(state, x)
+            fed.append(x)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    seen = len(compiles)
+    # 8 whole row counts and the 9 powers of two up to 256, one program each.
+    assert seen <= 8 + 9, compiles
+    np.testing.assert_array_equal(np.asarray(state.current), np.asarray(drift.count(bins, np.concatenate(fed))[:, 0]))
+
+
 def test_chunk_thresholds_are_out_of_sample(rng):
     ref = {"x": rng.normal(size=6000)}
     bins = drift.fit_bins(ref)

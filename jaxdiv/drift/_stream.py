@@ -153,6 +153,8 @@ def batch_counts(x, edges, *, block: Optional[int] = None):
 _HOST_ALIGNMENT = 64
 # Below this size the copy is cheap, and waiting for the counts would cost more.
 _IN_PLACE_BYTES = 1 << 20
+# NumPy batches of this many distinct row counts are each updated whole (see Monitor._row_pieces).
+_WHOLE_ROW_COUNTS = 8
 
 
 def _in_place_parts(x):
@@ -248,6 +250,7 @@ class Monitor:
         self._optional = jnp.asarray(bins.optional)
         self._ordered = jnp.asarray(bins.ordered)
         self._centres = jnp.asarray(bins.centres)
+        self._row_counts = set()
 
     def init(self, mesh=None, axis: str = "features") -> State:
         """A state with the reference counts and nothing seen yet.
@@ -286,6 +289,10 @@ class Monitor:
         read when the call returns, so the caller may refill it at once: with
         the state on the CPU, a float32 batch of 1 MiB or more is read in place
         (no copy) and counted before the call returns; any other is copied.
+        The first eight row counts of NumPy batches are each compiled for;
+        a batch of any other count is counted in pieces of whole powers of
+        two rows, so a stream of batches of ever-changing size compiles a
+        few dozen programs in all, not one per batch.
 
         Args:
           state: the monitor's :class:`State`.
@@ -297,13 +304,35 @@ class Monitor:
         if np.ndim(x) != 2 or np.shape(x)[1] != len(self.bins.columns):
             raise ValueError(f"expected an encoded batch [rows, {len(self.bins.columns)}], "
                              f"got shape {np.shape(x)}.")
+        if not isinstance(x, np.ndarray) or isinstance(state.current, jax.core.Tracer):
+            return self._update(state, x)
+        for start, stop in self._row_pieces(x.shape[0]):
+            state = self._update_numpy(state, x[start:stop])
+        return state
+
+    def _row_pieces(self, rows: int):
+        """``[start, stop)`` pieces of a NumPy batch of ``rows`` rows, in as few
+        compiled shapes as a stream allows: each jitted update compiles once per
+        row count, which for batches of ever-changing size would mean a compile
+        (~0.1 s) per batch. The first few row counts seen are taken whole (a
+        stream of fixed-size batches compiles once); any other count goes as
+        its binary digits, whole powers of two, at most one piece per bit."""
+        if rows in self._row_counts or len(self._row_counts) < _WHOLE_ROW_COUNTS:
+            self._row_counts.add(rows)
+            return [(0, rows)]
+        pieces, start = [], 0
+        for bit in reversed(range(rows.bit_length())):
+            if rows >> bit & 1:
+                pieces.append((start, start + (1 << bit)))
+                start += 1 << bit
+        return pieces
+
+    def _update_numpy(self, state: State, x: np.ndarray) -> State:
         parts = _in_place_parts(x) if _on_host(state.current) else None
         if parts is None:
-            if isinstance(x, np.ndarray):
-                # A private copy: JAX reads an aligned NumPy array in place, and once
-                # this call returns the caller may change it.
-                x = np.array(x, np.float32, order="C")
-            return self._update(state, x)
+            # A private copy: JAX reads an aligned NumPy array in place, and once
+            # this call returns the caller may change it.
+            return self._update(state, np.array(x, np.float32, order="C"))
         # XLA:CPU reads the caller's memory (the batch or its aligned view): the
         # counts are done before the caller may change it.
         new = self._update_in_place(state, *parts) if parts else self._update(state, x)
