@@ -120,19 +120,39 @@ def _kl_terms_fused(mp, vp, mq, vq):
     return expm1mx_finite(vp - vq) + jnp.square((mp - mq) * jnp.exp(-0.5 * vq))
 
 
-@jax.custom_jvp
-def _diag_kl(mp, vp, mq, vq):
-    """KL of diagonal Gaussians whose event axis is the last one."""
-    total = _fused_or_safe(lambda *a: 0.5 * _kl_terms_fused(*a), _kl_terms, (mp, vp, mq, vq))
-    return jnp.maximum(total, 0.0)
+def _event_kernel(fused, safe, coefficients, *, clamp=False):
+    """A divergence summed over the last (event) axis, with a closed-form gradient.
+
+    The value is ``sum(fused)``, or ``sum(safe)`` where that is not finite (see
+    :func:`_fused_or_safe`), clamped at 0 for a divergence (``clamp``);
+    ``coefficients(*params)`` gives the derivative of the summed terms by each
+    parameter, elementwise. Autodiff through the batch-level ``cond`` would
+    keep the residuals of both branches, and through the safe terms' selects
+    would hold each ``[..., d]`` intermediate between the passes.
+    """
+    @jax.custom_jvp
+    def kernel(*params):
+        total = _fused_or_safe(fused, safe, params)
+        return jnp.maximum(total, 0.0) if clamp else total
+
+    def kernel_jvp(primals, tangents):
+        value = row_stats(kernel(*primals))
+        # An infinite value (a zero variance in Q, an overflow) is locally
+        # constant: its gradient is 0, as for every categorical kernel.
+        live = jnp.isfinite(value)[..., None]
+        tangent = jnp.zeros_like(value)
+        for coef, t in zip(coefficients(*(promote(a) for a in primals)), tangents):
+            if not isinstance(t, SymbolicZero):   # e.g. the fixed prior of kl_standard_normal
+                coef = jnp.where(live, jnp.broadcast_to(coef, t.shape), 0.0)
+                tangent = tangent + jnp.sum(coef * t, axis=-1)
+        return value, tangent
+
+    kernel.defjvp(kernel_jvp, symbolic_zeros=True)
+    return recompute_in_backward(kernel)
 
 
-# Closed forms: d/dv_p = expm1(d)/2, d/dv_q = -expm1(d)/2 - (dmu^2 e^{-v_q})/2,
-# d/dmu_p = -d/dmu_q = dmu e^{-v_q}; autodiff through the cond would keep the
-# residuals of both branches.
-def _diag_kl_jvp(primals, tangents):
-    value = row_stats(_diag_kl(*primals))
-    mp, vp, mq, vq = (promote(a) for a in primals)
+def _kl_coefficients(mp, vp, mq, vq):
+    """d/dmu_p = -d/dmu_q = dmu e^{-v_q}, d/dv_p = expm1(d)/2, d/dv_q = -expm1(d)/2 - dmu^2 e^{-v_q}/2."""
     half_expm1 = 0.5 * jnp.expm1(_log_ratio(vp, vq))
     diff = mp - mq
     nonzero = diff != 0
@@ -146,20 +166,11 @@ def _diag_kl_jvp(primals, tangents):
     same = vp == vq
     half_expm1_q = 0.5 * jnp.expm1(jnp.where(same, 0.0, vp) + (-jnp.where(same, 0.0, vq)))
     coef_vq = -half_expm1_q - 0.5 * _scaled_square(diff, vq)
-    # An infinite KL (a zero variance in Q, an overflow) is locally constant:
-    # its gradient is 0, as for every categorical kernel.
-    live = jnp.isfinite(value)[..., None]
-    tangent = jnp.zeros_like(value)
-    for coef, t in ((coef_mean, tangents[0]), (half_expm1, tangents[1]),
-                    (coef_mean_q, tangents[2]), (coef_vq, tangents[3])):
-        if not isinstance(t, SymbolicZero):   # e.g. the fixed prior of kl_standard_normal
-            coef = jnp.where(live, jnp.broadcast_to(coef, t.shape), 0.0)
-            tangent = tangent + jnp.sum(coef * t, axis=-1)
-    return value, tangent
+    return coef_mean, half_expm1, coef_mean_q, coef_vq
 
 
-_diag_kl.defjvp(_diag_kl_jvp, symbolic_zeros=True)
-_diag_kl = recompute_in_backward(_diag_kl)
+# KL of diagonal Gaussians whose event axis is the last one.
+_diag_kl = _event_kernel(lambda *a: 0.5 * _kl_terms_fused(*a), _kl_terms, _kl_coefficients, clamp=True)
 
 
 def _prepare_diag(arrays, names, axis, where, widen=True):
@@ -316,12 +327,15 @@ def kl_divergence_scale(
       0.50
     """
     (mp, sp, mq, sq), axis, where = _prepare_diag(
-        (mean_p, scale_p, mean_q, scale_q), ("mean_p", "scale_p", "mean_q", "scale_q"), axis, where
+        (mean_p, scale_p, mean_q, scale_q), ("mean_p", "scale_p", "mean_q", "scale_q"), axis, where,
+        widen=False,
     )
-    return jnp.maximum(_event_sum(_scale_kl_terms(mp, sp, mq, sq), axis, where), 0.0)
+    if where is not None:
+        # Masked entries read as a standard normal (scale 1), whose terms are 0.
+        sp, sq = (jnp.where(where, s, jnp.ones((), s.dtype)) for s in (sp, sq))
+    return _scale_kl(*(jnp.moveaxis(a, axis, -1) for a in (mp, sp, mq, sq)))
 
 
-@jax.custom_jvp
 def _scale_kl_terms(mp, sp, mq, sq):
     """Halved KL terms from scales: ``phi(2 log(sp/sq))/2 + ((mp - mq)/sq)^2/2``, elementwise."""
     same = sp == sq
@@ -339,24 +353,32 @@ def _scale_kl_terms(mp, sp, mq, sq):
     return _half_expm1mx(2 * log_ratio) + 0.5 * mean_term
 
 
-# Closed forms d/dsp = expm1(2l)/sp, d/dsq = -expm1(2l)/sq - dmu^2/sq^3,
-# d/dmp = -d/dmq = dmu/sq^2, and 0 where the term is infinite or a scale is 0
-# (equal point masses: the zero subgradient, where autodiff forms 0 * inf).
-@_scale_kl_terms.defjvp
-def _scale_kl_terms_jvp(primals, tangents):
-    mp, sp, mq, sq = primals
-    value = _scale_kl_terms(mp, sp, mq, sq)
-    live = jnp.isfinite(value) & (sp > 0) & (sq > 0)
-    sp_safe, sq_safe = jnp.where(live, sp, 1.0), jnp.where(live, sq, 1.0)
-    ratio = sp_safe / sq_safe
-    expm1_2l = (ratio - 1.0) * (ratio + 1.0)
-    diff = jnp.where(live, mp - mq, 0.0)
-    coef_mean = diff / (sq_safe * sq_safe)
-    coefs = (coef_mean, expm1_2l / sp_safe, -coef_mean, -expm1_2l / sq_safe - diff * coef_mean / sq_safe)
-    tangent = jnp.zeros_like(value)
-    for coef, t in zip(coefs, tangents):
-        tangent = tangent + jnp.where(live, coef, 0.0) * t
-    return value, tangent
+def _scale_kl_terms_fused(mp, sp, mq, sq):
+    # Finite for positive scales; a zero scale (or an overflow) gives NaN or inf: the safe terms.
+    return 0.5 * (expm1mx_finite(2.0 * jnp.log1p((sp - sq) / sq)) + jnp.square((mp - mq) / sq))
+
+
+def _scale_coefficients(mp, sp, mq, sq):
+    """d/dsp = expm1(2l)/sp, d/dsq = -expm1(2l)/sq - dmu^2/sq^3, d/dmp = -d/dmq = dmu/sq^2.
+
+    0 where a scale is 0 (equal point masses, a finite value: the zero
+    subgradient, where autodiff forms 0 * inf).
+    """
+    ok = (sp > 0) & (sq > 0)
+    sp, sq = jnp.where(ok, sp, 1.0), jnp.where(ok, sq, 1.0)
+    diff, diff_q = jnp.where(ok, mp - mq, 0.0), jnp.where(ok, mq - mp, 0.0)
+    ratio = sp / sq
+    # The d/dsq coefficient is written through 1/sq, a quotient no other
+    # coefficient uses: XLA holds a quotient two gradients' passes share as a
+    # whole [..., d] array between them.
+    inv_q = 1.0 / sq
+    ratio_q = sp * inv_q
+    return (diff / (sq * sq), (ratio - 1.0) * (ratio + 1.0) / sp, diff_q / (sq * sq),
+            -((ratio_q - 1.0) * (ratio_q + 1.0) + jnp.square(diff * inv_q)) * inv_q)
+
+
+# KL of diagonal Gaussians given by scales, event axis last.
+_scale_kl = _event_kernel(_scale_kl_terms_fused, _scale_kl_terms, _scale_coefficients, clamp=True)
 
 
 @eager_jit
@@ -400,14 +422,57 @@ def cross_entropy(
         ("mean_p", "log_var_p", "mean_q", "log_var_q"),
         axis,
         where,
+        widen=False,
     )
-    # A point mass Q (log_var_q = -inf): +inf, or -inf for the same point mass P.
+    params = [jnp.moveaxis(a, axis, -1) for a in (mp, vp, mq, vq)]
+    if where is None:
+        return _diag_xent(*params)
+    # Masked entries read as a standard normal, whose cross-entropy terms are not 0: weighted out.
+    keep = jnp.moveaxis(where, axis, -1).astype(promote(params[0]).dtype)
+    return _masked_xent(*params, keep)
+
+
+def _xent_terms(mp, vp, mq, vq):
+    """Halved cross-entropy terms; a point mass Q (``vq = -inf``) gives +inf, or -inf
+    for the same point mass P."""
     finite_q = vq > -jnp.inf
     vq_safe = jnp.where(finite_q, vq, 0.0)
     terms = _LOG_2PI + vq_safe + jnp.exp(_log_ratio(vp, vq_safe)) + _scaled_square(mp - mq, vq_safe)
     same_point = (vp == -jnp.inf) & (mp == mq)
-    terms = jnp.where(finite_q, terms, jnp.where(same_point, -jnp.inf, jnp.inf))
-    return 0.5 * _event_sum(terms, axis, where)
+    return 0.5 * jnp.where(finite_q, terms, jnp.where(same_point, -jnp.inf, jnp.inf))
+
+
+def _xent_terms_fused(mp, vp, mq, vq):
+    return 0.5 * (_LOG_2PI + vq + jnp.exp(vp - vq) + jnp.square((mp - mq) * jnp.exp(-0.5 * vq)))
+
+
+def _xent_coefficients(mp, vp, mq, vq):
+    """d/dmu_p = -d/dmu_q = dmu e^{-v_q}, d/dv_p = e^{v_p - v_q}/2,
+    d/dv_q = (1 - e^{v_p - v_q} - dmu^2 e^{-v_q})/2.
+
+    A finite value has finite ``v_q``; other parameters read as 0 here, so no
+    NaN reaches the rows whose gradient the kernel sets to 0.
+    """
+    vq = jnp.where(jnp.isfinite(vq), vq, 0.0)
+    vp = jnp.where(vp < jnp.inf, vp, 0.0)
+    diff = mp - mq
+    diff = jnp.where(jnp.isfinite(diff), diff, 0.0)
+    coef_mean = diff * jnp.exp(-vq)
+    half_ratio = 0.5 * jnp.exp(vp - vq)
+    # Formed apart from the p-side ones, as in _kl_coefficients.
+    coef_mean_q = (diff * -1.0) * jnp.exp(vq * -1.0)
+    coef_vq = 0.5 - 0.5 * jnp.exp(vp + (-vq)) - 0.5 * jnp.square(diff * jnp.exp(-0.5 * vq))
+    return coef_mean, half_ratio, coef_mean_q, coef_vq
+
+
+# Cross-entropy of diagonal Gaussians, event axis last; and with a 0/1 weight
+# per entry (a product, not a select, so that XLA:CPU fuses it into the sum).
+_diag_xent = _event_kernel(_xent_terms_fused, _xent_terms, _xent_coefficients)
+_masked_xent = _event_kernel(
+    lambda mp, vp, mq, vq, keep: keep * _xent_terms_fused(mp, vp, mq, vq),
+    lambda mp, vp, mq, vq, keep: jnp.where(keep > 0, _xent_terms(mp, vp, mq, vq), 0.0),
+    lambda mp, vp, mq, vq, keep: tuple(keep * c for c in _xent_coefficients(mp, vp, mq, vq)),
+)
 
 
 @eager_jit

@@ -137,19 +137,22 @@ def test_zero_variance_q_gives_inf():
     assert gaussian.kl_divergence_scale([0.0], [1.0], [0.0], [0.0]) == np.inf
 
 
-def test_mask_equals_slicing_with_zero_gradient(rng):
+@pytest.mark.parametrize("fn", [gaussian.kl_divergence, gaussian.cross_entropy, "scale"])
+def test_mask_equals_slicing_with_zero_gradient(rng, fn):
     mp, vp = diag_params(rng, (3, 6))
     mq, vq = diag_params(rng, (3, 6))
+    if fn == "scale":
+        fn, vp, vq = gaussian.kl_divergence_scale, np.exp(vp / 2), np.exp(vq / 2)
     keep = np.array([1, 1, 0, 1, 0, 1], bool)
     poisoned = [a.copy() for a in (mp, vp, mq, vq)]
     for a in poisoned:
         a[:, ~keep] = np.nan
     np.testing.assert_allclose(
-        gaussian.kl_divergence(*poisoned, where=keep),
-        gaussian.kl_divergence(mp[:, keep], vp[:, keep], mq[:, keep], vq[:, keep]),
+        fn(*poisoned, where=keep),
+        fn(mp[:, keep], vp[:, keep], mq[:, keep], vq[:, keep]),
         rtol=1e-6,
     )
-    grads = jax.grad(lambda *a: gaussian.kl_divergence(*a, where=keep).sum(), argnums=(0, 1, 2, 3))(*poisoned)
+    grads = jax.grad(lambda *a: fn(*a, where=keep).sum(), argnums=(0, 1, 2, 3))(*poisoned)
     for g in grads:
         assert np.all(np.asarray(g)[:, ~keep] == 0.0) and np.all(np.isfinite(g))
 
