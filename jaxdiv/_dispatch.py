@@ -21,6 +21,7 @@ raises ``ValueError`` at once instead of turning into NaN.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -94,3 +95,23 @@ def eager_jit(fn):
 def clear_compiled() -> None:
     """Forget the eager programs (after a test switch changed what a function traces)."""
     _compiled.cache_clear()
+
+
+@contextlib.contextmanager
+def switch_for_tests(module, attribute: str, value: str, allowed: tuple, what: str):
+    """Set ``module.attribute`` to ``value`` (a ``what``, one of ``allowed``) for the body.
+
+    For the switches tests use to trace another branch on the CPU. The eager
+    programs compiled on either side are forgotten: they do not know which
+    branch was traced.
+    """
+    if value not in allowed:
+        raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
+    previous = getattr(module, attribute)
+    setattr(module, attribute, value)
+    clear_compiled()
+    try:
+        yield
+    finally:
+        setattr(module, attribute, previous)
+        clear_compiled()

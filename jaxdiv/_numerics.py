@@ -17,12 +17,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import sys
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
+
+from jaxdiv import _dispatch
 
 # Above this |x| the direct forms of phi and psi lose less than their series'
 # truncation; both series are cut where the next term is below 1e-9 relative
@@ -335,17 +338,10 @@ _BLOCK_ELEMENTS = 1 << 19
 _forced_branch: str | None = None
 
 
-@contextlib.contextmanager
 def forced_branch(name: str):
     """Trace :func:`on_platform`'s ``name`` branch whatever the platform (for tests)."""
-    global _forced_branch
-    if name not in ("cpu", "accelerator"):
-        raise ValueError(f"branch must be 'cpu' or 'accelerator', got {name!r}")
-    previous, _forced_branch = _forced_branch, name
-    try:
-        yield
-    finally:
-        _forced_branch = previous
+    return _dispatch.switch_for_tests(sys.modules[__name__], "_forced_branch", name,
+                                      ("cpu", "accelerator"), "branch")
 
 
 # The branch of map_rows being traced, for the few row functions whose best

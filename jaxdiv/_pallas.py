@@ -25,8 +25,8 @@ than discovered by a failed compile.
 
 from __future__ import annotations
 
-import contextlib
 import math
+import sys
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -41,20 +41,10 @@ IMPLEMENTATIONS = ("xla", "pallas")
 _interpreted: Optional[str] = None
 
 
-@contextlib.contextmanager
 def interpreted(kernel: str):
     """Trace :func:`row_pass`'s ``kernel`` (``"triton"`` or ``"mosaic"``) in Pallas's interpreter."""
-    global _interpreted
-    if kernel not in ("triton", "mosaic"):
-        raise ValueError(f"kernel must be 'triton' or 'mosaic', got {kernel!r}")
-    previous, _interpreted = _interpreted, kernel
-    # Programs compiled for eager calls do not know which kernel was traced.
-    _dispatch.clear_compiled()
-    try:
-        yield
-    finally:
-        _interpreted = previous
-        _dispatch.clear_compiled()
+    return _dispatch.switch_for_tests(sys.modules[__name__], "_interpreted", kernel,
+                                      ("triton", "mosaic"), "kernel")
 
 
 def check_implementation(implementation) -> str:
