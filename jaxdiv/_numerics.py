@@ -438,7 +438,7 @@ def map_rows(fn, *arrays, linear=()):
         outer = _outer_shape(batch, block)
         if outer is not None:
             return _strided_blocks(run, xs, narrow, batch, outer, bool(linear))
-        return _contiguous_blocks(run, xs, narrow, batch, block)
+        return _contiguous_blocks(run, xs, narrow, batch, block, bool(linear))
 
     if rows // block <= 1 and _forced_branch is None:
         # One cache-sized block: both formulations are one pass, the CPU's serves all.
@@ -520,24 +520,28 @@ def _strided_blocks(run, xs, narrow, batch: tuple, outer: tuple, linear: bool):
     return jax.tree.map(lambda o: o.reshape(batch + o.shape[2 * nb:]), out)
 
 
-def _contiguous_blocks(run, xs, narrow, batch: tuple, block: int):
+def _contiguous_blocks(run, xs, narrow, batch: tuple, block: int, linear: bool):
     """Rows flattened into whole blocks in a loop, the shorter last block on its own."""
     rows = math.prod(batch)
     full = rows // block
+    # Flattened before the loop, as in _strided_blocks.
+    flat = tuple(x.reshape((rows,) + x.shape[len(batch):]) for x in xs)
 
-    def rows_of(start, size):
+    def read_and_run(start, size, flat):
         def read(x):
-            flat = x.reshape((rows,) + x.shape[len(batch):])
-            return jax.lax.dynamic_slice_in_dim(flat, start, size)
-        return tuple(_read_block(read, x, n, start) for x, n in zip(xs, narrow))
+            return jax.lax.dynamic_slice_in_dim(x, start, size)
+        return run(tuple(_read_block(read, x, n, start) for x, n in zip(flat, narrow)), (size,))
 
+    # Recomputed in reverse mode, as in _strided_blocks: saved, the blocks read
+    # in the loop were stacked into a copy of each input.
+    read_and_run = jax.checkpoint(read_and_run, static_argnums=(1,)) if linear else read_and_run
     if full <= 1:
-        out = run(rows_of(0, rows), (rows,))
+        out = run(flat, (rows,))
     else:
-        out = jax.lax.map(lambda k: run(rows_of(k * block, block), (block,)), jnp.arange(full))
+        out = jax.lax.map(lambda k: read_and_run(k * block, block, flat), jnp.arange(full))
         out = jax.tree.map(lambda o: o.reshape((full * block,) + o.shape[2:]), out)
         if full * block < rows:
-            last = run(rows_of(full * block, rows - full * block), (rows - full * block,))
+            last = read_and_run(full * block, rows - full * block, flat)
             out = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, last)
     return jax.tree.map(lambda o: o.reshape(batch + o.shape[1:]), out)
 
