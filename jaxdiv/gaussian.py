@@ -373,7 +373,11 @@ def _scale_coefficients(mp, sp, mq, sq):
     # whole [..., d] array between them.
     inv_q = 1.0 / sq
     ratio_q = sp * inv_q
-    return (diff / (sq * sq), (ratio - 1.0) * (ratio + 1.0) / sp, diff_q / (sq * sq),
+    # dmu/sq times 1/sq: dmu / sq^2 underflows to 0/0 for scales below 1e-19 in
+    # float32, and XLA rewrites dmu / sq / sq so. (The mean gradients then
+    # share 1/sq, held as one [..., d] array: docs/limits.md.)
+    return ((diff / sq) * (1.0 / sq), (ratio - 1.0) * (ratio + 1.0) / sp,
+            (diff_q / sq) * (1.0 / sq),
             -((ratio_q - 1.0) * (ratio_q + 1.0) + jnp.square(diff * inv_q)) * inv_q)
 
 

@@ -237,6 +237,10 @@ def test_traced_out_of_range_hyperparameters_give_nan():
 def test_gaussian_edge_cases():
     z = f32([0.0])
     assert np.array_equal(jax.grad(lambda s: gaussian.kl_divergence_scale(z, s, z, z))(z), [0.0])
+    # Equal tiny scales: a finite value (0), and a finite gradient (was NaN: dmu / sq^2 = 0 / 0).
+    tiny = f32([1e-30])
+    grads = jax.grad(lambda *a: gaussian.kl_divergence_scale(*a), (0, 1, 2, 3))(z, tiny, z, tiny)
+    assert all(np.isfinite(g).all() for g in grads), grads
     assert np.array_equal(jax.grad(lambda v: gaussian.kl_divergence(z, v, z, f32([-np.inf])))(z), [0.0])
     assert gaussian.cross_entropy(z, z, z, f32([-np.inf])) == np.inf
     assert gaussian.kl_divergence_tril(f32([0, 0]), jnp.eye(2), f32([0, 0]), f32([[1, 0], [0, 0]])) == np.inf
@@ -416,9 +420,9 @@ def test_memory_gaussian_kl_holds_no_whole_parameter_array(dtype):
         grad = jax.value_and_grad(lambda *a, fn=fn: fn(*a).sum(), tuple(range(n)))
         found[name] = _temps(fn, *[x] * n) / one
         found[name + " v+g"] = _temps(grad, *[x] * n) / one
-    # The scale form's bfloat16 gradient still holds two float32 arrays (its
-    # zero-scale guards, shared by the four gradients): docs/limits.md.
-    limits = {"kl_divergence_scale v+g": 4.1 if dtype == "bfloat16" else 0.3}
+    # The scale form's gradient still holds a float32 array (a reciprocal the
+    # mean gradients share), in bfloat16 three (and its zero-scale guards): docs/limits.md.
+    limits = {"kl_divergence_scale v+g": 6.1 if dtype == "bfloat16" else 1.1}
     assert not {k: v for k, v in found.items() if v >= limits.get(k, 0.3)}, found
 
 
