@@ -451,22 +451,10 @@ def _xent_terms_fused(mp, vp, mq, vq):
 
 
 def _xent_coefficients(mp, vp, mq, vq):
-    """d/dmu_p = -d/dmu_q = dmu e^{-v_q}, d/dv_p = e^{v_p - v_q}/2,
-    d/dv_q = (1 - e^{v_p - v_q} - dmu^2 e^{-v_q})/2.
-
-    A finite value has finite ``v_q``; other parameters read as 0 here, so no
-    NaN reaches the rows whose gradient the kernel sets to 0.
-    """
-    vq = jnp.where(jnp.isfinite(vq), vq, 0.0)
-    vp = jnp.where(vp < jnp.inf, vp, 0.0)
-    diff = mp - mq
-    diff = jnp.where(jnp.isfinite(diff), diff, 0.0)
-    coef_mean = diff * jnp.exp(-vq)
-    half_ratio = 0.5 * jnp.exp(vp - vq)
-    # Formed apart from the p-side ones, as in _kl_coefficients.
-    coef_mean_q = (diff * -1.0) * jnp.exp(vq * -1.0)
-    coef_vq = 0.5 - 0.5 * jnp.exp(vp + (-vq)) - 0.5 * jnp.square(diff * jnp.exp(-0.5 * vq))
-    return coef_mean, half_ratio, coef_mean_q, coef_vq
+    """H(P, Q) = H(P) + KL(P || Q), and dH(P)/dv_p = 1/2: the KL's coefficients, 1/2
+    added to d/dv_p (e^{v_p - v_q}/2)."""
+    coef_mean, half_expm1, coef_mean_q, coef_vq = _kl_coefficients(mp, vp, mq, vq)
+    return coef_mean, half_expm1 + 0.5, coef_mean_q, coef_vq
 
 
 # Cross-entropy of diagonal Gaussians, event axis last; and with a 0/1 weight

@@ -237,6 +237,13 @@ def test_traced_out_of_range_hyperparameters_give_nan():
 def test_gaussian_edge_cases():
     z = f32([0.0])
     assert np.array_equal(jax.grad(lambda s: gaussian.kl_divergence_scale(z, s, z, z))(z), [0.0])
+    # Equal tiny variances: finite cross-entropy and KL, and finite gradients
+    # (cross-entropy's d/dv_q was NaN, 0 * inf; d/dv_p 0, not e^{v_p - v_q}/2).
+    v = f32([-200.0])
+    for fn in (gaussian.cross_entropy, gaussian.kl_divergence):
+        grads = jax.grad(lambda *a: fn(*a).sum(), (0, 1, 2, 3))(z, v, z, v)
+        assert all(np.isfinite(g).all() for g in grads), (fn.__name__, grads)
+    np.testing.assert_allclose(jax.grad(gaussian.cross_entropy, 1)(z, v, z, v), [0.5])
     # Equal tiny scales: a finite value (0), and a finite gradient (was NaN: dmu / sq^2 = 0 / 0).
     tiny = f32([1e-30])
     grads = jax.grad(lambda *a: gaussian.kl_divergence_scale(*a), (0, 1, 2, 3))(z, tiny, z, tiny)
