@@ -106,7 +106,7 @@ def switch_for_tests(module, attribute: str, value: str, allowed: tuple, what: s
     branch was traced.
     """
     if value not in allowed:
-        raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
+        raise ValueError(f"{what} must be {' or '.join(map(repr, allowed))}, got {value!r}")
     previous = getattr(module, attribute)
     setattr(module, attribute, value)
     clear_compiled()
