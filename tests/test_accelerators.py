@@ -191,10 +191,14 @@ def _value_and_grads(fn, p, q, branch, monkeypatch):
     # A small block makes the CPU branch loop over these small arrays.
     monkeypatch.setattr(_numerics, "_BLOCK_ELEMENTS", 200)
     jax.clear_caches()   # traces are cached regardless of the forced branch
+
+    def total(a, b):
+        value = fn(a, b)
+        return jnp.sum(jnp.where(jnp.isfinite(value), value, 0.0)), value
+
+    # One program for both: the gradient's holds the forward computation.
     with _numerics.forced_branch(branch):
-        value = jax.jit(lambda a, b: fn(a, b))(p, q)
-        grads = jax.jit(jax.grad(lambda a, b: jnp.sum(jnp.where(jnp.isfinite(fn(a, b)), fn(a, b), 0.0)),
-                                 argnums=(0, 1)))(p, q)
+        grads, value = jax.jit(jax.grad(total, argnums=(0, 1), has_aux=True))(p, q)
     return value, grads
 
 
