@@ -59,7 +59,7 @@ def test_probs_tiny_ratios_and_extreme_totals_match_scipy(p, q):
     assert rel_err(probs.total_variation(p, q), tv) < 1e-5
     js = scipy.spatial.distance.jensenshannon(p.astype(np.float64), q.astype(np.float64)) ** 2
     assert rel_err(probs.js_divergence(p, q), js) < 1e-5
-    grad = jax.grad(probs.kl_divergence)(p, q)
+    grad = jax.jit(jax.grad(probs.kl_divergence))(p, q)
     assert np.all(np.isfinite(grad))
 
 
@@ -133,7 +133,7 @@ def test_logit_differences_that_overflow_give_inf_or_the_bound_never_nan():
     assert rel_err(losses.distillation_loss(q, p, kind="jsd"), np.log(2)) < 1e-6
     for fn in (jaxdiv.kl_divergence, jaxdiv.js_divergence, jaxdiv.total_variation,
                jaxdiv.hellinger_distance, lambda a, b: jaxdiv.renyi_divergence(a, b, 2.0)):
-        for g in jax.grad(fn, argnums=(0, 1))(p, q):
+        for g in jax.jit(jax.grad(fn, argnums=(0, 1)))(p, q):
             assert not np.any(np.isnan(g))
 
 
@@ -172,7 +172,7 @@ def test_renyi_of_logits_near_the_float32_limit_is_exact_with_nan_free_gradients
         overflow = want > np.finfo(f32).max
         assert np.all(got[overflow] == np.inf), (alpha, got, want)
         np.testing.assert_allclose(got[~overflow], want[~overflow], rtol=1e-6)
-        for g in jax.grad(lambda a, b: jaxdiv.renyi_divergence(a, b, alpha).sum(), (0, 1))(p, q):
+        for g in jax.jit(jax.grad(lambda a, b: jaxdiv.renyi_divergence(a, b, alpha).sum(), (0, 1)))(p, q):
             assert np.isfinite(g).all(), (alpha, g)
 
 
@@ -199,7 +199,7 @@ def test_fully_masked_row_of_integer_label_cross_entropy_is_zero():
     where = np.array([[False] * 3, [True, True, False]])
     loss = jaxdiv.cross_entropy_with_integer_labels(x, jnp.array([0, 2]), where=where)
     assert loss[0] == 0.0 and loss[1] == np.inf
-    grad = jax.grad(lambda a: jaxdiv.cross_entropy_with_integer_labels(a, jnp.array([0, 1]), where=where).sum())(x)
+    grad = jax.jit(jax.grad(lambda a: jaxdiv.cross_entropy_with_integer_labels(a, jnp.array([0, 1]), where=where).sum()))(x)
     np.testing.assert_array_equal(grad[0], 0.0)
 
 
@@ -213,7 +213,7 @@ def test_distillation_temperature_gradient_matches_finite_differences(x64):
         f = lambda temp: losses.distillation_loss(s, t, temperature=temp, kind=kind)
         h = 1e-6
         fd = (f(2.0 + h) - f(2.0 - h)) / (2 * h)
-        assert rel_err(jax.grad(f)(2.0), fd) < 1e-6
+        assert rel_err(jax.jit(jax.grad(f))(2.0), fd) < 1e-6
 
 
 def test_traced_out_of_range_hyperparameters_give_nan():
@@ -240,23 +240,23 @@ def test_traced_out_of_range_hyperparameters_give_nan():
 
 def test_gaussian_edge_cases():
     z = f32([0.0])
-    assert np.array_equal(jax.grad(lambda s: gaussian.kl_divergence_scale(z, s, z, z))(z), [0.0])
+    assert np.array_equal(jax.jit(jax.grad(lambda s: gaussian.kl_divergence_scale(z, s, z, z)))(z), [0.0])
     # Equal tiny variances: finite cross-entropy and KL, and finite gradients
     # (cross-entropy's d/dv_q was NaN, 0 * inf; d/dv_p 0, not e^{v_p - v_q}/2).
     v = f32([-200.0])
     for fn in (gaussian.cross_entropy, gaussian.kl_divergence):
-        grads = jax.grad(lambda *a: fn(*a).sum(), (0, 1, 2, 3))(z, v, z, v)
+        grads = jax.jit(jax.grad(lambda *a: fn(*a).sum(), (0, 1, 2, 3)))(z, v, z, v)
         assert all(np.isfinite(g).all() for g in grads), (fn.__name__, grads)
-    np.testing.assert_allclose(jax.grad(gaussian.cross_entropy, 1)(z, v, z, v), [0.5])
+    np.testing.assert_allclose(jax.jit(jax.grad(gaussian.cross_entropy, 1))(z, v, z, v), [0.5])
     # Equal tiny scales: a finite value (0), and a finite gradient (was NaN: dmu / sq^2 = 0 / 0).
     tiny = f32([1e-30])
-    grads = jax.grad(lambda *a: gaussian.kl_divergence_scale(*a), (0, 1, 2, 3))(z, tiny, z, tiny)
+    grads = jax.jit(jax.grad(lambda *a: gaussian.kl_divergence_scale(*a), (0, 1, 2, 3)))(z, tiny, z, tiny)
     assert all(np.isfinite(g).all() for g in grads), grads
-    assert np.array_equal(jax.grad(lambda v: gaussian.kl_divergence(z, v, z, f32([-np.inf])))(z), [0.0])
+    assert np.array_equal(jax.jit(jax.grad(lambda v: gaussian.kl_divergence(z, v, z, f32([-np.inf]))))(z), [0.0])
     assert gaussian.cross_entropy(z, z, z, f32([-np.inf])) == np.inf
     assert gaussian.kl_divergence_tril(f32([0, 0]), jnp.eye(2), f32([0, 0]), f32([[1, 0], [0, 0]])) == np.inf
     assert gaussian.cross_entropy_tril(f32([0, 0]), jnp.eye(2), f32([0, 0]), f32([[1, 0], [0, 0]])) == np.inf
-    g = jax.grad(lambda l: gaussian.kl_divergence_tril(f32([0, 1]), jnp.eye(2), f32([0, 1]), l))(f32([[1, 0], [0, 0]]))
+    g = jax.jit(jax.grad(lambda l: gaussian.kl_divergence_tril(f32([0, 1]), jnp.eye(2), f32([0, 1]), l)))(f32([[1, 0], [0, 0]]))
     assert not np.any(np.isnan(g))
     factor = f32([[1.3, 0.0], [0.39, 2.6]])
     assert gaussian.kl_divergence_tril(f32([0.1, 0.2]), factor, f32([0.1, 0.2]), factor) == 0.0
@@ -287,7 +287,7 @@ def test_k3_penalty_that_overflows_has_a_zero_gradient():
     lp, ref = f32([0.0, -200.0]), f32([-1.0, 0.0])
     assert losses.kl_penalty(lp, ref, reduction="none")[1] == np.inf
     masked = lambda a: jnp.sum(jnp.where(jnp.isfinite(v := losses.kl_penalty(a, ref, reduction="none")), v, 0.0))
-    g = jax.grad(masked)(lp)
+    g = jax.jit(jax.grad(masked))(lp)
     assert np.all(np.isfinite(g)) and g[1] == 0.0
     assert rel_err(g[0], 1.0 - np.exp(-1.0)) < 1e-6   # d/dlp of e^r - 1 - r, r = ref - lp
 
@@ -400,15 +400,15 @@ def test_memory_bfloat16_inputs_are_widened_block_by_block():
         "js": (jaxdiv.js_divergence, (x, x)),                                  # was 2.08x
         "cross_entropy": (jaxdiv.cross_entropy, (x, x)),                       # was 2.05x
         "entropy": (jaxdiv.entropy, (x,)),                                     # was 1.03x
-        "kl v+g": (jax.value_and_grad(lambda a, b: jaxdiv.kl_divergence(a, b).sum(), (0, 1)), (x, x)),
+        "kl v+g": (jax.jit(jax.value_and_grad(lambda a, b: jaxdiv.kl_divergence(a, b).sum(), (0, 1))), (x, x)),
         # (P was shared by both gradients as a float32 [rows, C] array: 2.0x)
-        "cross_entropy v+g": (jax.value_and_grad(lambda a, b: jaxdiv.cross_entropy(a, b).sum(), (0, 1)), (x, x)),
-        "js v+g": (jax.value_and_grad(lambda a, b: jaxdiv.js_divergence(a, b).sum(), (0, 1)), (x, x)),  # was 2.14x
-        "softmax_cross_entropy v+g": (jax.value_and_grad(losses.softmax_cross_entropy), (x, labels)),
+        "cross_entropy v+g": (jax.jit(jax.value_and_grad(lambda a, b: jaxdiv.cross_entropy(a, b).sum(), (0, 1))), (x, x)),
+        "js v+g": (jax.jit(jax.value_and_grad(lambda a, b: jaxdiv.js_divergence(a, b).sum(), (0, 1))), (x, x)),  # was 2.14x
+        "softmax_cross_entropy v+g": (jax.jit(jax.value_and_grad(losses.softmax_cross_entropy)), (x, labels)),
         "label smoothing v+g": (
-            jax.value_and_grad(lambda a, y: losses.softmax_cross_entropy(a, y, label_smoothing=0.1)), (x, labels)),
+            jax.jit(jax.value_and_grad(lambda a, y: losses.softmax_cross_entropy(a, y, label_smoothing=0.1))), (x, labels)),
         "distillation v+g": (                                                  # was 1.08x (4.3x before that)
-            jax.value_and_grad(lambda a, b: losses.distillation_loss(a, b, temperature=2.0)), (x, x)),
+            jax.jit(jax.value_and_grad(lambda a, b: losses.distillation_loss(a, b, temperature=2.0))), (x, x)),
     }
     bad = {name: _temps(fn, *args) / bf16_input for name, (fn, args) in cases.items()}
     assert not {name: r for name, r in bad.items() if r > 0.2}, bad
@@ -428,7 +428,7 @@ def test_memory_gaussian_kl_holds_no_whole_parameter_array(dtype):
     for name, fn, n in (("kl", gaussian.kl_divergence, 4), ("kl_standard_normal", gaussian.kl_standard_normal, 2),
                         ("kl_divergence_scale", gaussian.kl_divergence_scale, 4),
                         ("cross_entropy", gaussian.cross_entropy, 4)):
-        grad = jax.value_and_grad(lambda *a, fn=fn: fn(*a).sum(), tuple(range(n)))
+        grad = jax.jit(jax.value_and_grad(lambda *a, fn=fn: fn(*a).sum(), tuple(range(n))))
         found[name] = _temps(fn, *[x] * n) / one
         found[name + " v+g"] = _temps(grad, *[x] * n) / one
     # The scale form's gradient still holds a float32 array (a reciprocal the
@@ -442,7 +442,7 @@ def test_memory_learned_temperature_slope_is_summed_in_row_blocks():
     # as whole arrays XLA:CPU held both coefficients: 4.0x one float32 input.
     x = jax.ShapeDtypeStruct((1024, 32000), jnp.float32)
     t = jax.ShapeDtypeStruct((), jnp.float32)
-    grad = jax.grad(lambda temp, a, b: losses.distillation_loss(a, b, temperature=temp), (0, 1))
+    grad = jax.jit(jax.grad(lambda temp, a, b: losses.distillation_loss(a, b, temperature=temp), (0, 1)))
     assert _temps(grad, t, x, x) < 0.25 * 1024 * 32000 * 4
 
 
@@ -506,6 +506,8 @@ def test_eager_gradients_compile_once_not_on_every_call(name):
     assert _COMPILES == []
     np.testing.assert_array_equal(grads[0], grads[2])
     assert np.isfinite(grads[0]).all()
+    # and they are the jitted gradients (the rest of the suite differentiates under jit)
+    np.testing.assert_allclose(grads[0], jax.jit(jax.grad(lambda a: loss(a, q)))(p), rtol=1e-6, atol=1e-7)
 
 
 def test_memory_fused_head_under_vmap_sizes_chunks_from_every_row():
@@ -521,8 +523,8 @@ def test_memory_fused_head_under_vmap_sizes_chunks_from_every_row():
 
     # The chunk counts all 4096 rows (16 MiB blocks), not one sequence's 256,
     # which made every block the batch size times larger (384 MiB here).
-    temps = _temps(jax.grad(per_sequence), h, w, y)
-    flat = _temps(jax.grad(lambda a, b, c: fused.linear_cross_entropy(a, b, c)), h, w, y)
+    temps = _temps(jax.jit(jax.grad(per_sequence)), h, w, y)
+    flat = _temps(jax.jit(jax.grad(lambda a, b, c: fused.linear_cross_entropy(a, b, c))), h, w, y)
     assert temps < 64 * 2**20 and temps < 2 * flat   # 48 and 32 MiB when written
 
 
@@ -548,4 +550,4 @@ def test_memory_readme_claim_temporaries_within_a_fifth_of_one_input(name, forwa
     loss = lambda a, b, c: jnp.sum(forward(a, b, c))
     assert _temps(forward, x, x, y) <= 0.22 * one_input
     # JS value+grad: 27% since its statistics pass is separate from the tangent's.
-    assert _temps(jax.value_and_grad(loss, (0, 1)), x, x, y) <= (0.28 if name == "js" else 0.22) * one_input
+    assert _temps(jax.jit(jax.value_and_grad(loss, (0, 1))), x, x, y) <= (0.28 if name == "js" else 0.22) * one_input

@@ -147,9 +147,9 @@ def test_mass_where_q_has_none_is_inf_not_nan():
     assert jaxdiv.kl_divergence(p, q) == np.inf
     assert jaxdiv.cross_entropy(p, q) == np.inf
     assert jaxdiv.cross_entropy_with_integer_labels(q, 2) == np.inf
-    gq = jax.grad(jaxdiv.kl_divergence, argnums=1)(p, q)
+    gq = jax.jit(jax.grad(jaxdiv.kl_divergence, argnums=1))(p, q)
     np.testing.assert_allclose(gq, [1 / 2 - 1 / 3, 1 / 2 - 1 / 3, -1 / 3], rtol=1e-6)
-    gp = jax.grad(jaxdiv.kl_divergence)(p, q)
+    gp = jax.jit(jax.grad(jaxdiv.kl_divergence))(p, q)
     np.testing.assert_array_equal(gp, 0.0)
 
 
@@ -160,7 +160,7 @@ def test_row_without_support_is_zero_with_zero_gradient(name):
     q = np.array([[1.0, 2.0, NEG_INF, 0.0], [0.0, 0.0, 0.0, 0.0]], np.float32)
     out = f(p, q)
     assert out[0] == 0.0
-    g = jax.grad(lambda p, q: f(p, q)[0], argnums=(0, 1))(p, q)
+    g = jax.jit(jax.grad(lambda p, q: f(p, q)[0], argnums=(0, 1)))(p, q)
     for gi in g:
         np.testing.assert_array_equal(gi, 0.0)
     masked = f(q, q, where=np.zeros(4, bool))
@@ -180,7 +180,7 @@ def test_single_finite_logit_among_minus_inf(position):
     np.testing.assert_allclose(
         jaxdiv.cross_entropy_with_integer_labels(q, position), want, rtol=2e-6
     )
-    gp, gq = jax.grad(jaxdiv.kl_divergence, argnums=(0, 1))(p, q)
+    gp, gq = jax.jit(jax.grad(jaxdiv.kl_divergence, argnums=(0, 1)))(p, q)
     np.testing.assert_array_equal(gp, 0.0)   # P is one-hot whatever its finite logit
     onehot = np.eye(6)[position]
     np.testing.assert_allclose(gq, scipy.special.softmax(q.astype(np.float64)) - onehot, atol=1e-6)
@@ -197,7 +197,7 @@ def test_minus_inf_equals_clipped(rng, name):
     q = np.where(np.isfinite(p), q, np.where(rng.random(q.shape) < 0.5, NEG_INF, q)).astype(np.float32)
     clip = lambda x: np.maximum(x, -1e4).astype(np.float32)
     np.testing.assert_allclose(f(p, q), f(clip(p), clip(q)), rtol=1e-6)
-    g = jax.grad(lambda a, b: f(a, b).sum(), argnums=(0, 1))
+    g = jax.jit(jax.grad(lambda a, b: f(a, b).sum(), argnums=(0, 1)))
     for got, want in zip(g(p, q), g(clip(p), clip(q))):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
 
@@ -205,7 +205,7 @@ def test_minus_inf_equals_clipped(rng, name):
 def test_integer_cross_entropy_minus_inf_equals_clipped(rng):
     x = with_zeros(rng, logits(rng, (8, 40)))
     y = np.zeros(8, np.int32)
-    g = jax.value_and_grad(lambda x: jaxdiv.cross_entropy_with_integer_labels(x, y).sum())
+    g = jax.jit(jax.value_and_grad(lambda x: jaxdiv.cross_entropy_with_integer_labels(x, y).sum()))
     (v1, g1), (v2, g2) = g(x), g(np.maximum(x, -1e4))
     np.testing.assert_allclose(v1, v2, rtol=1e-6)
     np.testing.assert_allclose(g1, g2, rtol=1e-6, atol=1e-12)
@@ -217,7 +217,7 @@ def test_integer_cross_entropy_minus_inf_equals_clipped(rng):
 def test_kl_gradients_are_the_closed_forms(rng):
     p = with_zeros(rng, logits(rng, (4, 30)))
     q = logits(rng, (4, 30))
-    gp, gq = jax.grad(lambda a, b: jaxdiv.kl_divergence(a, b).sum(), argnums=(0, 1))(p, q)
+    gp, gq = jax.jit(jax.grad(lambda a, b: jaxdiv.kl_divergence(a, b).sum(), argnums=(0, 1)))(p, q)
     lp, lq = ref.log_softmax(p), ref.log_softmax(q)
     probs_p, probs_q = np.exp(lp), np.exp(lq)
     kl = ref.kl(p, q)[:, None]
@@ -234,10 +234,10 @@ def test_cross_entropy_and_entropy_gradients_are_the_closed_forms(rng):
     probs_p, probs_q = np.exp(lp), np.exp(lq)
     h = ref.entropy(p)[:, None]
     ce = ref.cross_entropy(p, q)[:, None]
-    gp, gq = jax.grad(lambda a, b: jaxdiv.cross_entropy(a, b).sum(), argnums=(0, 1))(p, q)
+    gp, gq = jax.jit(jax.grad(lambda a, b: jaxdiv.cross_entropy(a, b).sum(), argnums=(0, 1)))(p, q)
     np.testing.assert_allclose(gq, probs_q - probs_p, atol=2e-7)
     np.testing.assert_allclose(gp, np.where(probs_p > 0, probs_p * (-lq - ce), 0.0), atol=2e-6)
-    g = jax.grad(lambda a: jaxdiv.entropy(a).sum())(p)
+    g = jax.jit(jax.grad(lambda a: jaxdiv.entropy(a).sum()))(p)
     with np.errstate(invalid="ignore"):
         np.testing.assert_allclose(g, np.where(probs_p > 0, -probs_p * (lp + h), 0.0), atol=2e-6)
 
@@ -247,7 +247,7 @@ def test_integer_cross_entropy_gradient_is_softmax_minus_onehot(rng):
     y = rng.integers(0, 10, 6)
     mask = rng.random((6, 10)) < 0.8
     mask[np.arange(6), y] = True
-    g = jax.grad(lambda x: jaxdiv.cross_entropy_with_integer_labels(x, y, where=mask).sum())(x)
+    g = jax.jit(jax.grad(lambda x: jaxdiv.cross_entropy_with_integer_labels(x, y, where=mask).sum()))(x)
     masked = np.where(mask, x, NEG_INF)
     want = np.exp(ref.log_softmax(masked)) - np.eye(10)[y]
     np.testing.assert_allclose(g, want, atol=2e-7)
@@ -292,7 +292,7 @@ def test_debug_nans_does_not_trip_on_edge_inputs(jit):
     ]
     with jax.debug_nans(True):
         for f in fns:
-            g = jax.grad(f, argnums=(0, 1))
+            g = jax.jit(jax.grad(f, argnums=(0, 1)))
             g = jax.jit(g) if jit else g
             for gi in g(p, q):
                 assert not np.any(np.isnan(gi))
@@ -313,8 +313,8 @@ def test_mask_equals_slicing_and_ignores_nan(rng, name):
     poisoned_p[:, ~keep] = np.nan
     poisoned_q[:, ~keep] = np.inf
     np.testing.assert_allclose(f(poisoned_p, poisoned_q, where=keep), want, rtol=1e-6)
-    g = jax.grad(lambda a, b: f(a, b, where=keep).sum(), argnums=(0, 1))(poisoned_p, poisoned_q)
-    g_sliced = jax.grad(lambda a, b: f(a, b).sum(), argnums=(0, 1))(p[:, keep], q[:, keep])
+    g = jax.jit(jax.grad(lambda a, b: f(a, b, where=keep).sum(), argnums=(0, 1)))(poisoned_p, poisoned_q)
+    g_sliced = jax.jit(jax.grad(lambda a, b: f(a, b).sum(), argnums=(0, 1)))(p[:, keep], q[:, keep])
     for gi, gs in zip(g, g_sliced):
         assert np.all(np.asarray(gi)[:, ~keep] == 0.0)
         np.testing.assert_allclose(np.asarray(gi)[:, keep], gs, atol=1e-7)
@@ -369,8 +369,8 @@ def test_broadcasting_one_reference_against_a_batch(rng):
     got = jaxdiv.kl_divergence(p, q)
     assert got.shape == (3, 5)
     np.testing.assert_allclose(got, ref.kl(np.broadcast_to(p, q.shape), q), rtol=2e-6)
-    gp = jax.grad(lambda a: jaxdiv.kl_divergence(a, q).sum())(p)
-    gp_loop = sum(jax.grad(jaxdiv.kl_divergence)(p, qi) for qi in q.reshape(-1, 10))
+    gp = jax.jit(jax.grad(lambda a: jaxdiv.kl_divergence(a, q).sum()))(p)
+    gp_loop = sum(jax.jit(jax.grad(jaxdiv.kl_divergence))(p, qi) for qi in q.reshape(-1, 10))
     np.testing.assert_allclose(gp, gp_loop, atol=1e-6)
 
 
@@ -411,7 +411,7 @@ def test_16_bit_inputs_compute_in_float32(rng, dtype, name):
     out = f(p, q)
     assert out.dtype == jnp.float32
     np.testing.assert_allclose(out, reference(np.asarray(p, np.float32), np.asarray(q, np.float32)), rtol=2e-6)
-    gp, gq = jax.grad(lambda a, b: f(a, b).sum(), argnums=(0, 1))(p, q)
+    gp, gq = jax.jit(jax.grad(lambda a, b: f(a, b).sum(), argnums=(0, 1)))(p, q)
     assert gp.dtype == dtype and gq.dtype == dtype
 
 
@@ -437,7 +437,7 @@ def test_huge_logits_mixed_with_minus_inf(big):
         got, want = f(p, q), reference(p, q)
         assert np.all(np.isfinite(got)), name
         np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-30, err_msg=name)
-        for g in jax.grad(lambda a, b: f(a, b).sum(), argnums=(0, 1))(p, q):
+        for g in jax.jit(jax.grad(lambda a, b: f(a, b).sum(), argnums=(0, 1)))(p, q):
             assert np.all(np.isfinite(g)), name
 
 
@@ -459,7 +459,7 @@ def test_nan_stays_in_its_row(rng, bad, name):
     f, _ = PAIRWISE[name]
     p, q = logits(rng, (3, 8)), logits(rng, (3, 8))
     clean_value = f(p, q)
-    clean_grad = jax.grad(lambda a, b: f(a, b).sum(), argnums=(0, 1))(p, q)
+    clean_grad = jax.jit(jax.grad(lambda a, b: f(a, b).sum(), argnums=(0, 1)))(p, q)
     for which in (0, 1):
         if name == "entropy" and which == 1:
             continue
@@ -468,7 +468,7 @@ def test_nan_stays_in_its_row(rng, bad, name):
         out = f(*args)
         assert np.isnan(out[1])
         np.testing.assert_array_equal(np.asarray(out)[[0, 2]], np.asarray(clean_value)[[0, 2]])
-        grads = jax.grad(lambda a, b: f(a, b).sum(), argnums=(0, 1))(*args)
+        grads = jax.jit(jax.grad(lambda a, b: f(a, b).sum(), argnums=(0, 1)))(*args)
         for g, g0 in zip(grads, clean_grad):
             np.testing.assert_array_equal(np.asarray(g)[[0, 2]], np.asarray(g0)[[0, 2]])
 
@@ -479,7 +479,7 @@ def test_integer_labels_nan_and_out_of_range_stay_in_their_row(rng):
     out = jaxdiv.cross_entropy_with_integer_labels(x, np.array([0, 0, 5, -1]))
     assert np.isnan(out[1]) and np.isnan(out[2]) and np.isnan(out[3])
     np.testing.assert_allclose(out[0], ref.integer_cross_entropy(x[:1], [0])[0], rtol=2e-6)
-    g = jax.grad(lambda x: jaxdiv.cross_entropy_with_integer_labels(x, np.array([0, 0, 5, -1]))[0])(x)
+    g = jax.jit(jax.grad(lambda x: jaxdiv.cross_entropy_with_integer_labels(x, np.array([0, 0, 5, -1]))[0]))(x)
     assert np.all(np.isfinite(np.asarray(g)[0]))  # rows 1-3 are the bad ones
 
 
@@ -557,7 +557,7 @@ def test_optax_896_minus_inf_logit_with_zero_target_weight():
     # optax.softmax_cross_entropy gives NaN: 0 * -inf in sum(targets * log_softmax).
     target = np.log(np.array([0.0, 1.0, 0.0], np.float32))
     model = np.array([NEG_INF, 0.0, 1.0], np.float32)
-    value, grads = jax.value_and_grad(jaxdiv.cross_entropy, argnums=(0, 1))(target, model)
+    value, grads = jax.jit(jax.value_and_grad(jaxdiv.cross_entropy, argnums=(0, 1)))(target, model)
     np.testing.assert_allclose(value, -ref.log_softmax(model)[1], rtol=1e-6)
     assert all(np.all(np.isfinite(g)) for g in grads)
 
@@ -574,7 +574,7 @@ def test_optax_1786_gradient_wrt_zero_probability_targets():
     # Differentiating w.r.t. the target where it is 0 is NaN in optax and torch.
     # Here for the logit form; probability inputs belong to jaxdiv.probs.
     probs = np.array([0.0, 0.25, 0.75], np.float32)
-    g = jax.grad(lambda p: jaxdiv.kl_divergence(p, jnp.zeros(3)))(np.log(probs))
+    g = jax.jit(jax.grad(lambda p: jaxdiv.kl_divergence(p, jnp.zeros(3))))(np.log(probs))
     assert g[0] == 0.0 and np.all(np.isfinite(g))
 
 
@@ -589,7 +589,7 @@ def test_torch_70348_everything_masked_gives_zero_not_nan(rng):
     p, q = logits(rng, (4, 6)), logits(rng, (4, 6))
     none = np.zeros((4, 6), bool)
     for f in (jaxdiv.kl_divergence, jaxdiv.cross_entropy):
-        value, grads = jax.value_and_grad(lambda a, b: f(a, b, where=none).mean(), argnums=(0, 1))(p, q)
+        value, grads = jax.jit(jax.value_and_grad(lambda a, b: f(a, b, where=none).mean(), argnums=(0, 1)))(p, q)
         assert value == 0.0
         for g in grads:
             np.testing.assert_array_equal(g, 0.0)

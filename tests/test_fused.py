@@ -40,7 +40,7 @@ def _ce_pair(labels, **opts):
 
 
 def _loss_and_grads(f, *args):
-    value, grads = jax.value_and_grad(lambda *a: jnp.sum(f(*a)), argnums=tuple(range(len(args))))(*args)
+    value, grads = jax.jit(jax.value_and_grad(lambda *a: jnp.sum(f(*a)), argnums=tuple(range(len(args)))))(*args)
     return value, grads
 
 
@@ -122,7 +122,7 @@ def _ce_reference64(hidden, weight, labels):
 
 def test_float32_accuracy_against_float64():
     hidden, weight, _, labels = _head(4, n=64, d=32, v=5003)
-    loss, (dh, dw) = jax.value_and_grad(lambda h, w: fused.linear_cross_entropy(h, w, labels), (0, 1))(hidden, weight)
+    loss, (dh, dw) = jax.jit(jax.value_and_grad(lambda h, w: fused.linear_cross_entropy(h, w, labels), (0, 1)))(hidden, weight)
     ref, rdh, rdw = _ce_reference64(hidden, weight, labels)
     assert abs(float(loss) - ref) / ref < 1e-5
     for g, r in ((dh, rdh), (dw, rdw)):
@@ -155,10 +155,10 @@ def test_minus_inf_bias_removes_padded_classes():
     padded_bias = bias.at[600:].set(-jnp.inf)
     opts = dict(label_smoothing=0.1, z_loss=1e-3)
     f = lambda h, w, b: fused.linear_cross_entropy(h, w, labels, bias=b, chunk_size=256, **opts)
-    v, (dh, dw, db) = jax.value_and_grad(f, (0, 1, 2))(hidden, weight, padded_bias)
-    v_ref, (dh_ref, dw_ref, db_ref) = jax.value_and_grad(
+    v, (dh, dw, db) = jax.jit(jax.value_and_grad(f, (0, 1, 2)))(hidden, weight, padded_bias)
+    v_ref, (dh_ref, dw_ref, db_ref) = jax.jit(jax.value_and_grad(
         lambda h, w, b: losses.softmax_cross_entropy(h @ w + b, labels, **opts), (0, 1, 2)
-    )(hidden, weight[:, :600], bias[:600])
+    ))(hidden, weight[:, :600], bias[:600])
     np.testing.assert_allclose(v, v_ref, rtol=2e-6)
     np.testing.assert_allclose(dh, dh_ref, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(dw[:, :600], dw_ref, rtol=1e-5, atol=1e-7)
@@ -171,7 +171,7 @@ def test_all_ignored_is_zero_with_zero_gradient():
     labels = jnp.full((N,), -100)
     f = lambda h, w, b: fused.linear_cross_entropy(h, w, labels, bias=b, ignore_index=-100, z_loss=1e-3,
                                                    label_smoothing=0.1)
-    v, grads = jax.value_and_grad(f, (0, 1, 2))(hidden, weight, bias)
+    v, grads = jax.jit(jax.value_and_grad(f, (0, 1, 2)))(hidden, weight, bias)
     assert float(v) == 0.0
     for g in grads:
         assert np.all(np.asarray(g) == 0)
@@ -182,10 +182,10 @@ def test_masked_positions_are_never_read():
     where = jnp.arange(N) % 3 != 0
     poisoned = jnp.where(where[:, None], hidden, jnp.nan)
     f = lambda h, w: fused.linear_cross_entropy(h, w, labels, bias=bias, where=where, chunk_size=333)
-    v1, (dh1, dw1) = jax.value_and_grad(f, (0, 1))(poisoned, weight)
-    v2, (dh2, dw2) = jax.value_and_grad(
+    v1, (dh1, dw1) = jax.jit(jax.value_and_grad(f, (0, 1)))(poisoned, weight)
+    v2, (dh2, dw2) = jax.jit(jax.value_and_grad(
         lambda h, w: losses.softmax_cross_entropy(h[where] @ w + bias, labels[where]), (0, 1)
-    )(hidden, weight)
+    ))(hidden, weight)
     np.testing.assert_allclose(v1, v2, rtol=2e-6)
     assert np.all(np.asarray(dh1)[~np.asarray(where)] == 0)
     np.testing.assert_allclose(dh1[where], dh2[where], rtol=1e-5, atol=1e-7)
@@ -198,7 +198,7 @@ def test_out_of_range_label_is_nan_in_its_row_only():
     per_row = fused.linear_cross_entropy(hidden, weight, labels, bias=bias, reduction="none", chunk_size=333)
     assert np.isnan(per_row[4]) and np.all(np.isfinite(np.delete(np.asarray(per_row), 4)))
     # its gradient row is NaN (as in losses.softmax_cross_entropy), the others stay exact
-    dh = jax.grad(lambda h: jnp.sum(fused.linear_cross_entropy(h, weight, labels, reduction="none")))(hidden)
+    dh = jax.jit(jax.grad(lambda h: jnp.sum(fused.linear_cross_entropy(h, weight, labels, reduction="none"))))(hidden)
     assert np.all(np.isnan(dh[4])) and np.all(np.isfinite(np.delete(np.asarray(dh), 4, axis=0)))
 
 
@@ -212,7 +212,7 @@ def test_nan_hidden_state_poisons_its_row_only():
 def test_bf16_inputs_float32_loss_and_input_dtype_gradients():
     hidden, weight, bias, labels = _head(11, dtype=jnp.bfloat16)
     f = lambda h, w, b: fused.linear_cross_entropy(h, w, labels, bias=b, chunk_size=333)
-    v, (dh, dw, db) = jax.value_and_grad(f, (0, 1, 2))(hidden, weight, bias)
+    v, (dh, dw, db) = jax.jit(jax.value_and_grad(f, (0, 1, 2)))(hidden, weight, bias)
     assert v.dtype == jnp.float32 and dh.dtype == dw.dtype == db.dtype == jnp.bfloat16
     # against float64 on the same (bf16-representable) values: the loss is not
     # quantised to the bf16 grid; the gradients carry bf16's rounding.
@@ -221,8 +221,8 @@ def test_bf16_inputs_float32_loss_and_input_dtype_gradients():
     m = x.max(-1, keepdims=True)
     ref = np.mean(np.log(np.exp(x - m).sum(-1)) + m[:, 0] - x[np.arange(N), labels])
     assert abs(float(v) - ref) / ref < 1e-5
-    unfused = jax.grad(lambda h, w: losses.softmax_cross_entropy(
-        jnp.dot(h, w, preferred_element_type=jnp.float32) + bias.astype(jnp.float32), labels), (0, 1))(hidden, weight)
+    unfused = jax.jit(jax.grad(lambda h, w: losses.softmax_cross_entropy(
+        jnp.dot(h, w, preferred_element_type=jnp.float32) + bias.astype(jnp.float32), labels), (0, 1)))(hidden, weight)
     for a, b in zip((dh, dw), unfused):
         a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
         assert np.max(np.abs(a - b)) <= 1e-2 * np.max(np.abs(b))
@@ -325,8 +325,8 @@ def test_distillation_from_a_teacher_head(kind):
 def test_distillation_teacher_gets_no_gradient():
     hidden, weight, _, _ = _head(16)
     logits, t_hidden, t_weight = _teacher()
-    d_logits = jax.grad(lambda t: fused.linear_distillation_loss(hidden, weight, t))(logits)
-    d_head = jax.grad(lambda th: fused.linear_distillation_loss(hidden, weight, (th, t_weight)))(t_hidden)
+    d_logits = jax.jit(jax.grad(lambda t: fused.linear_distillation_loss(hidden, weight, t)))(logits)
+    d_head = jax.jit(jax.grad(lambda th: fused.linear_distillation_loss(hidden, weight, (th, t_weight))))(t_hidden)
     assert np.all(np.asarray(d_logits) == 0) and np.all(np.asarray(d_head) == 0)
 
 
@@ -367,7 +367,7 @@ def test_distillation_with_minus_inf_teacher_logits_and_bf16():
     logits = logits.at[:, 900:].set(-jnp.inf)   # the teacher's padded classes
     for kind in KINDS:
         f = lambda h, w: fused.linear_distillation_loss(h, w, logits, kind=kind, chunk_size=256)
-        v, (dh, dw) = jax.value_and_grad(f, (0, 1))(hidden, weight)
+        v, (dh, dw) = jax.jit(jax.value_and_grad(f, (0, 1)))(hidden, weight)
         ref = losses.distillation_loss(jnp.dot(hidden, weight, preferred_element_type=jnp.float32), logits, kind=kind)
         assert v.dtype == jnp.float32 and dh.dtype == dw.dtype == jnp.bfloat16
         assert np.isfinite(float(v)) == np.isfinite(float(ref))

@@ -124,7 +124,7 @@ def test_extreme_log_variances_are_finite_or_inf_never_nan(lv):
             np.testing.assert_allclose(value, want, rtol=1e-5)
         else:
             assert value == np.inf
-        grads = jax.grad(lambda *a: gaussian.kl_divergence(*a), argnums=(0, 1, 2, 3))(*args)
+        grads = jax.jit(jax.grad(lambda *a: gaussian.kl_divergence(*a), argnums=(0, 1, 2, 3)))(*args)
         assert not any(np.any(np.isnan(g)) for g in grads)
         if np.isfinite(value):
             assert all(np.all(np.isfinite(g)) for g in grads)
@@ -152,7 +152,7 @@ def test_mask_equals_slicing_with_zero_gradient(rng, fn):
         fn(mp[:, keep], vp[:, keep], mq[:, keep], vq[:, keep]),
         rtol=1e-6,
     )
-    grads = jax.grad(lambda *a: fn(*a, where=keep).sum(), argnums=(0, 1, 2, 3))(*poisoned)
+    grads = jax.jit(jax.grad(lambda *a: fn(*a, where=keep).sum(), argnums=(0, 1, 2, 3)))(*poisoned)
     for g in grads:
         assert np.all(np.asarray(g)[:, ~keep] == 0.0) and np.all(np.isfinite(g))
 
@@ -255,7 +255,7 @@ def test_jit_vmap_grad_agree(rng):
     eager = gaussian.kl_divergence(mp, vp, mq, vq)
     np.testing.assert_allclose(jax.jit(gaussian.kl_divergence)(mp, vp, mq, vq), eager, rtol=1e-6)
     np.testing.assert_allclose(jax.vmap(gaussian.kl_divergence)(mp, vp, mq, vq), eager, rtol=1e-6)
-    g = jax.grad(lambda m, v: gaussian.kl_standard_normal(m, v).sum(), argnums=(0, 1))(mp, vp)
+    g = jax.jit(jax.grad(lambda m, v: gaussian.kl_standard_normal(m, v).sum(), argnums=(0, 1)))(mp, vp)
     np.testing.assert_allclose(g[0], mp, rtol=1e-6)
     np.testing.assert_allclose(g[1], 0.5 * np.expm1(vp.astype(np.float64)), rtol=1e-5, atol=1e-7)
 
@@ -266,7 +266,7 @@ def test_16_bit_inputs_computed_in_float32(rng):
     assert out.dtype == jnp.float32
     want = ref_kl_diag(np.asarray(mp, np.float32), np.asarray(vp, np.float32), 0 * np.ones(8), 0 * np.ones(8))
     np.testing.assert_allclose(out, want, rtol=1e-5)
-    g = jax.grad(lambda m: gaussian.kl_standard_normal(m, vp).sum())(mp)
+    g = jax.jit(jax.grad(lambda m: gaussian.kl_standard_normal(m, vp).sum()))(mp)
     assert g.dtype == jnp.bfloat16
 
 
