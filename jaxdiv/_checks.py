@@ -177,6 +177,10 @@ def probabilities(
     eps = scalar_parameter(eps, "eps", 0.0, np.inf, open_low=False, open_high=True)
     arrays, where = class_arrays(
         arrays, names, axis=axis, where=where, fill=0.0, counts=True, broadcast=False)
+    if where is None and _is_concrete(eps) and float(eps) == 0:
+        # The inputs as given (a negative entry makes its row NaN downstream):
+        # each pass over the classes then re-reads them instead of a derived copy.
+        return arrays
     # A negative entry is invalid input (NaN for its row), also when eps would lift it.
     arrays = [jnp.where(a < 0, jnp.nan, a) for a in arrays]
     if where is None:

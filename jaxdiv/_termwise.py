@@ -50,6 +50,7 @@ from jaxdiv._numerics import (
     map_rows,
     on_platform,
     recompute_in_backward,
+    row_max,
     row_stats,
     row_sum,
     shifted_difference,
@@ -108,22 +109,31 @@ def _logits_pair(x: Array, y: Array, s: LogRatio) -> Pair:
 
 
 class _ProbStats(NamedTuple):
-    shift_p: Array       # log max x
+    top_p: Array         # max x * 2^-exp_p, in [1/2, 1) (1 for a row without mass)
     log_sum_p: Array     # log(sum x / max x), in the log1p form; -inf for an all-zero row
-    shift_q: Array
+    top_q: Array
     log_sum_q: Array
-    exp_p: Array         # x * 2^-exp_p has its row maximum in [1/2, 1)
+    exp_p: Array         # x * 2^-exp_p has its row maximum in [1/2, 1) (see _scaled)
     exp_q: Array
     ratio: Array         # R ~ sum x / sum y of the rescaled rows (its rounding is harmless)
     gap: Array           # log(R sum y / sum x), so that log P - log Q = gap - u
     bad: Array           # a negative, NaN or +inf entry
 
 
-def _rescaled(x: Array) -> tuple[Array, Array]:
-    """``x * 2^-e`` with its row maximum in ``[1/2, 1)``, and ``e``: exact, and the sum cannot overflow."""
-    _, e = jnp.frexp(jnp.max(x, axis=-1, initial=0.0))
-    e = jnp.where(jnp.isfinite(jnp.max(x, axis=-1, initial=0.0)), e, 0)
-    return jnp.ldexp(x, -e[..., None]), e
+def _exponent(top: Array) -> Array:
+    """``e`` with ``top * 2^-e`` in ``[1/2, 1)`` (0 for a row maximum that is 0 or not finite)."""
+    _, e = jnp.frexp(top)
+    return jnp.where(jnp.isfinite(top) & (top > 0), e, 0)
+
+
+def _scaled(x: Array, e: Array) -> Array:
+    """``x * 2^-e`` for a per-row ``e``: two multiplications by powers of two, each
+    a normal number (``2^-e`` alone overflows for a subnormal row maximum), so
+    exact but where the result is subnormal. Cheap enough that XLA recomputes it
+    in every pass over the classes rather than keeping it (``jnp.ldexp`` is not)."""
+    one = jnp.ones((), x.dtype)
+    half = e // 2
+    return (x * jnp.ldexp(one, -half)[..., None]) * jnp.ldexp(one, half - e)[..., None]
 
 
 def _log_ratios(x: Array, y: Array, ratio: Array, exp_p: Array, exp_q: Array):
@@ -135,7 +145,7 @@ def _log_ratios(x: Array, y: Array, ratio: Array, exp_p: Array, exp_q: Array):
     against probabilities. Entries that underflowed in the rescaling take the
     logarithms of the inputs.
     """
-    xs, ys = jnp.ldexp(x, -exp_p[..., None]), jnp.ldexp(y, -exp_q[..., None])
+    xs, ys = _scaled(x, exp_p), _scaled(y, exp_q)
     r = ratio[..., None]
     both = (xs > 0) & (ys > 0)
     safe_x = jnp.where(both, xs, 1.0)
@@ -152,34 +162,84 @@ def _log_ratios(x: Array, y: Array, ratio: Array, exp_p: Array, exp_q: Array):
     return jnp.where(positive, u, 0.0), jnp.where(near, rel, jnp.expm1(jnp.where(positive, u, 0.0)))
 
 
+def _log_probs(x: Array, e: Array, top: Array, log_sum: Array) -> Array:
+    """``log P = log(xs / max xs) - log_sum``, with ``xs = x * 2^-e`` (:func:`_scaled`)
+    and ``max xs = top``.
+
+    ``log_sum`` is the log1p form of ``log sum(xs / max xs)``, summed from the same
+    ratios, so ``log P`` is consistent with it. A ratio that underflows (a count
+    far below its row's largest) keeps a finite ``log P`` from the logarithm of
+    the count itself: the supports are the inputs'.
+    """
+    ratios = _scaled(x, e) / top[..., None]
+    tiny = ratios < jnp.finfo(x.dtype).tiny
+    log_top = jnp.log(top) + e.astype(x.dtype) * math.log(2.0)
+    log_ratios = jnp.where(tiny, jnp.log(x) - log_top[..., None], jnp.log(ratios))
+    return log_ratios - finite_or_zero(log_sum)[..., None]
+
+
 def _prob_stats(x: Array, y: Array) -> _ProbStats:
-    # log_normaliser of log(x) gives log(x_i / sum x) without rounding sum x
-    # first, so confident distributions keep an accurate log P near 0.
-    norm_p, norm_q = log_normaliser(jnp.log(x)), log_normaliser(jnp.log(y))
+    top_p, top_q = row_max(x), row_max(y)
+    exp_p, exp_q = _exponent(top_p), _exponent(top_q)
+    x, y, (top_p, top_q) = _reread(x, y, (top_p, top_q))
+    # The row maxima rescaled into [1/2, 1) (1 for a row without mass): their
+    # reciprocals are normal numbers, whatever the counts.
+    top_p = jnp.where(top_p > 0, _scaled(top_p[..., None], exp_p)[..., 0], jnp.where(jnp.isnan(top_p), top_p, 1.0))
+    top_q = jnp.where(top_q > 0, _scaled(top_q[..., None], exp_q)[..., 0], jnp.where(jnp.isnan(top_q), top_q, 1.0))
+    xs, ys = _scaled(x, exp_p), _scaled(y, exp_q)
+    log_sum_p, log_sum_q = _log_sum(xs, top_p), _log_sum(ys, top_q)
     negative = jnp.min(jnp.minimum(x, y), axis=-1, initial=0.0) < 0
-    bad = negative | invalid(norm_p.log_sum) | invalid(norm_q.log_sum)
-    xs, exp_p = _rescaled(x)
-    ys, exp_q = _rescaled(y)
+    # An infinite count is invalid input (its rescaled row is 0 or NaN).
+    infinite = (row_max(jnp.abs(x)) == jnp.inf) | (row_max(jnp.abs(y)) == jnp.inf)
+    bad = negative | infinite | invalid(log_sum_p) | invalid(log_sum_q)
     sum_x, sum_y = row_sum(xs), row_sum(ys)
     ratio = jnp.where((sum_x > 0) & (sum_y > 0), sum_x / jnp.where(sum_y > 0, sum_y, 1.0), 1.0)
+    q_off = row_sum(jnp.where(x > 0, 0.0, ys))
+    x, y, ratio = _reread(x, y, ratio)
     u, expm1_u = _log_ratios(x, y, ratio, exp_p, exp_q)
     # 1 + s = R sum y / sum x, split into P's support (P expm1(u), -P where Q = 0)
     # and Q's mass off it: every part is as small as the log ratios themselves.
-    log_p = (jnp.log(x) - norm_p.shift[..., None]) - finite_or_zero(norm_p.log_sum)[..., None]
+    log_p = _log_probs(x, exp_p, top_p, log_sum_p)
     prob_p = jnp.exp(log_p)
-    on = jnp.where(y > 0, prob_p * expm1_u, -prob_p)
+    # Where P underflows or expm1(u) overflows, P expm1(u) = R Q_i sum y / sum x - P
+    # is formed from the logarithms (counts near the float32 maximum).
+    finite = (prob_p > 0) & jnp.isfinite(expm1_u)
+    p_expm1_u = jnp.where(finite, prob_p * expm1_u, jnp.exp(log_p + jnp.where(finite, 0.0, u)) - prob_p)
+    on = jnp.where(y > 0, p_expm1_u, -prob_p)
     s_on = row_sum(jnp.where(x > 0, on, 0.0))
-    q_off = row_sum(jnp.where(x > 0, 0.0, ys))
     s = s_on + ratio * q_off / jnp.where(sum_x > 0, sum_x, 1.0)
     gap = jnp.log1p(jnp.maximum(s, -1.0))
-    return _ProbStats(
-        norm_p.shift, norm_p.log_sum, norm_q.shift, norm_q.log_sum, exp_p, exp_q, ratio, gap, bad
-    )
+    return _ProbStats(top_p, log_sum_p, top_q, log_sum_q, exp_p, exp_q, ratio, gap, bad)
+
+
+def _log_sum(xs: Array, top: Array) -> Array:
+    """``log(sum xs / max xs)`` in the log1p form of :func:`jaxdiv._numerics.log_normaliser`:
+    the maximum's ratio, exactly 1, is counted apart; ``-inf`` for a row without mass."""
+    at_max = xs == top[..., None]
+    rest = row_sum(jnp.where(at_max, 0.0, xs / top[..., None]))
+    ties = row_sum(at_max.astype(xs.dtype)) - 1
+    return jnp.log1p(rest + ties)
+
+
+def _reread(x: Array, y: Array, after: Array):
+    """``x, y, after``: the inputs, re-read by a pass that follows the row statistic ``after``.
+
+    On GPU and TPU, XLA would otherwise keep what two passes both compute from the
+    inputs (the rescaled inputs, the log ratios) as ``[rows, C]`` arrays between
+    the passes, instead of recomputing it; the barrier, tied to the statistic
+    that ends the previous pass, makes each pass's values its own. The CPU's row
+    blocks are cache-sized: keeping them is cheap there.
+    """
+    if current_branch() == "cpu":
+        return x, y, after
+    return jax.lax.optimization_barrier((x, y, after))
 
 
 def _probs_pair(x: Array, y: Array, s: _ProbStats) -> Pair:
-    log_p = (jnp.log(x) - s.shift_p[..., None]) - finite_or_zero(s.log_sum_p)[..., None]
-    log_q = (jnp.log(y) - s.shift_q[..., None]) - finite_or_zero(s.log_sum_q)[..., None]
+    x, y, gap = _reread(x, y, s.gap)
+    s = s._replace(gap=gap)
+    log_p = _log_probs(x, s.exp_p, s.top_p, s.log_sum_p)
+    log_q = _log_probs(y, s.exp_q, s.top_q, s.log_sum_q)
     p, q = jnp.exp(log_p), jnp.exp(log_q)
     u, _ = _log_ratios(x, y, s.ratio, s.exp_p, s.exp_q)
     log_p_over_q = s.gap[..., None] - u

@@ -49,12 +49,20 @@ def _log_softmax64(x):
         ([1e8, 1.0, 1.0], [1.0, 1.0, 1e8]),
         ([2e-30, 5e-31, 1e-30], [1.0, 3.0, 2.0]),       # totals of 1e-30
         ([3e38, 1e38, 2e38], [1e37, 3e38, 3e38]),       # sums overflow float32
+        # Counts near the float32 maximum beside small ones: P of the small ones
+        # underflows while Q's mass there is large (were NaN and 26% low).
+        ([3e38, 1e-10, 1.0], [1.0, 1.0, 1.0]),
+        ([3e38, 3e38, 1.0], [1.0, 2.0, 3.0]),
     ],
 )
 def test_probs_tiny_ratios_and_extreme_totals_match_scipy(p, q):
     p, q = f32(p), f32(q)
-    want = scipy.stats.entropy(p.astype(np.float64), q.astype(np.float64))
+    p64, q64 = p.astype(np.float64), q.astype(np.float64)
+    want = scipy.stats.entropy(p64, q64)
     assert rel_err(probs.kl_divergence(p, q), want) < 1e-5
+    assert rel_err(probs.cross_entropy(p, q), scipy.stats.entropy(p64) + want) < 1e-5
+    renyi = np.log(np.sum((p64 / p64.sum()) ** 0.5 * (q64 / q64.sum()) ** 0.5)) / (0.5 - 1)
+    assert rel_err(probs.renyi_divergence(p, q, 0.5), renyi) < 1e-5
     tv = 0.5 * np.abs(p / p.astype(np.float64).sum() - q / q.astype(np.float64).sum()).sum()
     assert rel_err(probs.total_variation(p, q), tv) < 1e-5
     js = scipy.spatial.distance.jensenshannon(p.astype(np.float64), q.astype(np.float64)) ** 2
