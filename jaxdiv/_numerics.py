@@ -18,7 +18,7 @@ import contextlib
 import functools
 import math
 import sys
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -308,17 +308,15 @@ class LogNormaliser(NamedTuple):
     log_sum: jax.Array    # log sum exp(centred); -inf for an empty row [...]
 
 
-def log_normaliser(logits: jax.Array, shift: Optional[jax.Array] = None) -> LogNormaliser:
+def log_normaliser(logits: jax.Array) -> LogNormaliser:
     r"""Stable pieces of :math:`\log\sum_i e^{x_i} = m + \log(1 + \sum_{i \ne i^*} e^{x_i - m})`.
 
     The ``log1p`` form (Blanchard, Higham & Higham, 2021) keeps tiny entropies and
     confident cross-entropies accurate: the arg-max term, exactly 1, is left out of
     the sum instead of being added and then cancelled by the logarithm. Ties at the
-    maximum are counted exactly. ``shift``: the row max, ``finite_or_zero``, when
-    the caller has it (from a pass of its own).
+    maximum are counted exactly.
     """
-    if shift is None:
-        shift = finite_or_zero(row_max(logits))
+    shift = finite_or_zero(row_max(logits))
     centred = logits - shift[..., None]
     exp_centred = jnp.exp(centred)
     at_max = centred == 0

@@ -45,7 +45,6 @@ from jaxdiv._numerics import (
     current_branch,
     finite_or_zero,
     invalid,
-    log_normaliser,
     log_ratio,
     map_rows,
     on_platform,
