@@ -319,11 +319,16 @@ def log_normaliser(logits: jax.Array) -> LogNormaliser:
     shift = finite_or_zero(row_max(logits))
     centred = logits - shift[..., None]
     exp_centred = jnp.exp(centred)
-    at_max = centred == 0
-    rest = row_sum(jnp.where(at_max, jnp.zeros_like(exp_centred), exp_centred))
-    ties = row_sum(at_max.astype(logits.dtype)) - 1
-    log_sum = jnp.log1p(rest + ties)   # ties = -1 only when the row has no mass
-    return LogNormaliser(shift, centred, exp_centred, log_sum)
+    return LogNormaliser(shift, centred, exp_centred, log1p_sum_apart(exp_centred, centred == 0))
+
+
+def log1p_sum_apart(ratios: jax.Array, at_max: jax.Array) -> jax.Array:
+    """``log(sum ratios)`` for ratios to the row maximum, as ``log1p`` of all but one
+    maximum: each entry at the maximum (``at_max``, ratio exactly 1) is counted
+    rather than summed, so ties are exact; ``-inf`` for a row without a maximum."""
+    rest = row_sum(jnp.where(at_max, jnp.zeros_like(ratios), ratios))
+    ties = row_sum(at_max.astype(ratios.dtype)) - 1
+    return jnp.log1p(rest + ties)   # ties = -1 only when the row has no mass
 
 
 # On the CPU a block of rows is sized to stay cache-resident: XLA:CPU cannot

@@ -45,6 +45,7 @@ from jaxdiv._numerics import (
     current_branch,
     finite_or_zero,
     invalid,
+    log1p_sum_apart,
     log_ratio,
     map_rows,
     on_platform,
@@ -173,7 +174,8 @@ def _log_probs(x: Array, e: Array, top: Array, log_sum: Array) -> Array:
     ratios = _scaled(x, e) / top[..., None]
     tiny = ratios < jnp.finfo(x.dtype).tiny
     log_top = jnp.log(top) + e.astype(x.dtype) * math.log(2.0)
-    log_ratios = jnp.where(tiny, jnp.log(x) - log_top[..., None], jnp.log(ratios))
+    # One logarithm per entry: of the ratio, or of the count where the ratio underflowed.
+    log_ratios = jnp.log(jnp.where(tiny, x, ratios)) - jnp.where(tiny, log_top[..., None], 0.0)
     return log_ratios - finite_or_zero(log_sum)[..., None]
 
 
@@ -181,15 +183,12 @@ def _prob_stats(x: Array, y: Array) -> _ProbStats:
     top_p, top_q = row_max(x), row_max(y)
     exp_p, exp_q = _exponent(top_p), _exponent(top_q)
     x, y, (top_p, top_q) = _reread(x, y, (top_p, top_q))
-    # The row maxima rescaled into [1/2, 1) (1 for a row without mass): their
-    # reciprocals are normal numbers, whatever the counts.
-    top_p = jnp.where(top_p > 0, _scaled(top_p[..., None], exp_p)[..., 0], jnp.where(jnp.isnan(top_p), top_p, 1.0))
-    top_q = jnp.where(top_q > 0, _scaled(top_q[..., None], exp_q)[..., 0], jnp.where(jnp.isnan(top_q), top_q, 1.0))
+    # An infinite count is invalid input (its rescaled row is 0 or NaN); -inf is negative.
+    infinite = (top_p == jnp.inf) | (top_q == jnp.inf)
+    top_p, top_q = _scaled_top(top_p, exp_p), _scaled_top(top_q, exp_q)
     xs, ys = _scaled(x, exp_p), _scaled(y, exp_q)
     log_sum_p, log_sum_q = _log_sum(xs, top_p), _log_sum(ys, top_q)
     negative = jnp.min(jnp.minimum(x, y), axis=-1, initial=0.0) < 0
-    # An infinite count is invalid input (its rescaled row is 0 or NaN).
-    infinite = (row_max(jnp.abs(x)) == jnp.inf) | (row_max(jnp.abs(y)) == jnp.inf)
     bad = negative | infinite | invalid(log_sum_p) | invalid(log_sum_q)
     sum_x, sum_y = row_sum(xs), row_sum(ys)
     ratio = jnp.where((sum_x > 0) & (sum_y > 0), sum_x / jnp.where(sum_y > 0, sum_y, 1.0), 1.0)
@@ -211,13 +210,16 @@ def _prob_stats(x: Array, y: Array) -> _ProbStats:
     return _ProbStats(top_p, log_sum_p, top_q, log_sum_q, exp_p, exp_q, ratio, gap, bad)
 
 
+def _scaled_top(top: Array, e: Array) -> Array:
+    """A row maximum rescaled into [1/2, 1) (1 for a row without mass, NaN kept): its
+    reciprocal is a normal number, whatever the counts."""
+    return jnp.where(top > 0, _scaled(top[..., None], e)[..., 0], jnp.where(jnp.isnan(top), top, 1.0))
+
+
 def _log_sum(xs: Array, top: Array) -> Array:
-    """``log(sum xs / max xs)`` in the log1p form of :func:`jaxdiv._numerics.log_normaliser`:
-    the maximum's ratio, exactly 1, is counted apart; ``-inf`` for a row without mass."""
-    at_max = xs == top[..., None]
-    rest = row_sum(jnp.where(at_max, 0.0, xs / top[..., None]))
-    ties = row_sum(at_max.astype(xs.dtype)) - 1
-    return jnp.log1p(rest + ties)
+    """``log(sum xs / max xs)`` in the log1p form of :func:`jaxdiv._numerics.log_normaliser`;
+    ``-inf`` for a row without mass."""
+    return log1p_sum_apart(xs / top[..., None], xs == top[..., None])
 
 
 def _reread(x: Array, y: Array, after: Array):
