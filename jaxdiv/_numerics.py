@@ -749,18 +749,51 @@ def log_ratio(p: jax.Array, q: jax.Array) -> LogRatio:
 
     where :math:`P\varphi(r) = (e^b - e^a(1 + r)) / S_p` away from 0.
     """
-    shift_p = finite_or_zero(row_max(p))
+    shift_p, shift_all = finite_or_zero(row_max(p)), finite_or_zero(row_max(q))
+    if current_branch() == "cpu":
+        a = p - shift_p[..., None]
+        # The same mask as centred_support spelled differently (a - T > 0 exactly
+        # when a > T): XLA would otherwise compute it once, in the pass that
+        # finds max_q_on, and keep it as a [rows, C] array for the pass that
+        # forms the sums.
+        max_q_on = row_max(jnp.where(a - _LOG_SMALLEST_NORMAL[a.dtype == jnp.float64] > 0, q, -jnp.inf))
+        return _log_ratio_given(p, q, shift_p, shift_all, max_q_on)[0]
+    # On GPU and TPU, a max pass then one pass of sums, shifting Q on P's support
+    # by max q; that shift is max_q_on (found by the same pass) unless Q's
+    # largest logit lies where P underflows. Only then does a third pass run,
+    # for the whole batch (under vmap, where the condition is batched, always).
+    # Both maxima end the first pass: the barrier keeps XLA from moving max q
+    # into a later pass next to the reductions that also read q.
+    p, q, shift_p, shift_all = jax.lax.optimization_barrier((p, q, shift_p, shift_all))
+    stats, max_q_on = _log_ratio_given(p, q, shift_p, shift_all, None)
+    # (and the test for the third pass must not join the sums' per-row inputs in
+    # one fusion: that would make the sums wait for max_q_on, a pass of its own)
+    stats, max_q_on = jax.lax.optimization_barrier((stats, max_q_on))
+    elsewhere = jnp.isfinite(max_q_on) & (max_q_on != shift_all)
+    # (statistics of a shared reference row, [1], are per row once the third pass may run)
+    stats = jax.tree.map(lambda s: jnp.broadcast_to(s, elsewhere.shape), stats)
+    return jax.lax.cond(
+        jnp.any(elsewhere),
+        lambda: jax.tree.map(functools.partial(jnp.where, elsewhere),
+                             _log_ratio_given(p, q, shift_p, shift_all, max_q_on)[0], stats),
+        lambda: stats)
+
+
+def _log_ratio_given(p, q, shift_p, shift_all, max_q_on):
+    """:func:`log_ratio`'s statistics from the row maxima of ``p`` and ``q`` and the
+    maximum of ``q`` on P's support; for ``max_q_on=None``, shifted by ``max q``
+    and returned with ``max_q_on`` found by the same pass."""
     a = p - shift_p[..., None]
     # The support from a compare of the logits, not from exp(a) > 0: a cheap
     # mask is recomputed by every pass that reads it, where an exponential
     # would be stored as a [rows, C] mask by the GPU and TPU compilers.
     supp = centred_support(a)
     e_a = jnp.where(supp, jnp.exp(a), jnp.where(jnp.isnan(a), a, 0.0))   # NaN reaches sum_p
-    # The same mask spelled differently (a - T > 0 exactly when a > T): XLA
-    # would otherwise compute it once, in the pass that finds max_q_on, and
-    # store it as a [rows, C] array for the pass that forms the sums.
-    max_q_on = row_max(jnp.where(a - _LOG_SMALLEST_NORMAL[a.dtype == jnp.float64] > 0, q, -jnp.inf))
-    shift_on, shift_all = finite_or_zero(max_q_on), finite_or_zero(row_max(q))
+    if max_q_on is None:
+        max_q_on = row_max(jnp.where(supp, q, -jnp.inf))
+        shift_on = shift_all
+    else:
+        shift_on = finite_or_zero(max_q_on)
     q_on_supp_finite = supp & (q > -jnp.inf)
 
     e_b = jnp.exp(q - jnp.where(supp, shift_on[..., None], shift_all[..., None]))
@@ -801,4 +834,4 @@ def log_ratio(p: jax.Array, q: jax.Array) -> LogRatio:
     sum_q = sum_off + sum_on * scale_on
     log_sum_q = jnp.where(sum_q > 0, jnp.log(jnp.where(sum_q > 0, sum_q, 1.0)), -jnp.inf)
     gap = jnp.log1p(s) + jax.nn.softplus(x)
-    return LogRatio(kl, shift_p, log_sum_p, shift_all, log_sum_q, shift_on, gap)
+    return LogRatio(kl, shift_p, log_sum_p, shift_all, log_sum_q, shift_on, gap), max_q_on

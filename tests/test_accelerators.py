@@ -164,6 +164,8 @@ def _edge_logits(rows=13, classes=40, seed=0):
     p[7] = -1e30                       # masked row
     p[8, 1:] = -np.inf                 # one-hot
     q[9] = p[9] + 1e4                  # an offset
+    p[10, :4] = -200.0                 # Q's largest logit where P underflows:
+    q[10, 2] = q[10].max() + 100.0     # (its KL takes a third pass on GPU/TPU)
     return p, q
 
 
