@@ -345,9 +345,13 @@ def renyi_from_total(total: Array, log_p_fn, log_q_fn, alpha: Array) -> Array:
         # D_a = logsumexp(h g) / h with g = log P / h + (log P - log Q), taken on
         # D's own scale: a value that fits in float32 survives even where
         # h g = log(P^a Q^(1-a)) overflows (log P - log Q never does: both are <= 0).
+        # For |h| < 1, log P / h alone can overflow where g does not: there g is
+        # (log P + h (log P - log Q)) / h, whose numerator cannot overflow (for
+        # h < 0 it is a log P + (1 - a) log Q). Not left to an FMA the compiler may
+        # or may not contract (without one, XLA:CPU at -O0 gave +inf here).
         lp, lq = jnp.where(both, log_p, 0.0), jnp.where(both, log_q, 0.0)
         safe_h = jnp.where(h == 0, 1.0, h)
-        g = lp / safe_h + (lp - lq)
+        g = jnp.where(jnp.abs(h) < 1, (lp + h * (lp - lq)) / safe_h, lp / safe_h + (lp - lq))
         # g = +inf: for a > 1 the value overflows too (D_a >= max g); for a < 1
         # that term adds nothing (h g = -inf), as g = -inf does for a > 1.
         infinite = _any(both & (g == jnp.inf)) & (h > 0)

@@ -171,16 +171,22 @@ def test_renyi_of_logits_near_the_float32_limit_is_exact_with_nan_free_gradients
     # Found by the adversarial sweep: in the log-space fallback a term that
     # underflows (log P + (a - 1)(log P - log Q) = -inf) became the row's shift,
     # exp(-inf - -inf) = NaN, and the gradient of a +inf value was NaN.
+    # And for 0 < a < 2 its g = log P / (a - 1) + ... overflowed where g does not:
+    # +inf for rows 0-1 at a = 0.5 with the order traced (a learned or scheduled
+    # one); a constant order was saved only by XLA:CPU contracting an FMA.
     p = f32([[0, -3e38], [3.4e38, 1.3774208e37], [0, 0], [1, 0]])
     q = f32([[-3e38, 3e38], [-3.4e38, 3.2059825e38], [-3e38, 3e38], [-3e38, 0]])
     lp, lq = (scipy.special.log_softmax(np.float64(x), axis=-1) for x in (p, q))
-    for alpha in (0.5, 2.0, 3.0):
+    traced = jax.jit(jaxdiv.renyi_divergence)
+    grads = jax.jit(jax.grad(lambda a, b, alpha: jaxdiv.renyi_divergence(a, b, alpha).sum(), (0, 1)))
+    for alpha in (0.5, 0.8, 1.5, 2.0, 3.0):
         want = scipy.special.logsumexp(alpha * lp + (1 - alpha) * lq, axis=-1) / (alpha - 1)
-        got = np.asarray(jaxdiv.renyi_divergence(p, q, alpha), np.float64)
         overflow = want > np.finfo(f32).max
-        assert np.all(got[overflow] == np.inf), (alpha, got, want)
-        np.testing.assert_allclose(got[~overflow], want[~overflow], rtol=1e-6)
-        for g in jax.jit(jax.grad(lambda a, b: jaxdiv.renyi_divergence(a, b, alpha).sum(), (0, 1)))(p, q):
+        for got in (jaxdiv.renyi_divergence(p, q, alpha), traced(p, q, alpha)):
+            got = np.asarray(got, np.float64)
+            assert np.all(got[overflow] == np.inf), (alpha, got, want)
+            np.testing.assert_allclose(got[~overflow], want[~overflow], rtol=1e-6, err_msg=str(alpha))
+        for g in grads(p, q, alpha):
             assert np.isfinite(g).all(), (alpha, g)
 
 
