@@ -160,27 +160,6 @@ def test_gradient_matches_autodiff_of_the_normalised_formula(x64, rng):
         np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
 
 
-def _textbook(name, a, b, alpha=None):
-    """The float64 textbook formula on normalised positive inputs, for autodiff."""
-    pa, qb = a / a.sum(-1, keepdims=True), b / b.sum(-1, keepdims=True)
-    return {
-        "kl": lambda: jnp.sum(pa * jnp.log(pa / qb), -1),
-        "cross_entropy": lambda: -jnp.sum(pa * jnp.log(qb), -1),
-        "entropy": lambda: -jnp.sum(pa * jnp.log(pa), -1),
-        "tv": lambda: 0.5 * jnp.sum(jnp.abs(pa - qb), -1),
-        "hellinger": lambda: jnp.sqrt(0.5 * jnp.sum((jnp.sqrt(pa) - jnp.sqrt(qb)) ** 2, -1)),
-        "renyi": lambda: jnp.log(jnp.sum(pa**alpha * qb ** (1 - alpha), -1)) / (alpha - 1),
-    }[name]()
-
-
-def _hessians(f):
-    """Forward-over-forward and reverse-over-reverse second derivatives of ``sum f``."""
-    def total(a, b, *rest):
-        return jnp.sum(f(a, b, *rest))
-    return lambda *args: (jax.jacfwd(jax.jacfwd(total, (0, 1)), (0, 1))(*args),
-                          jax.jacrev(jax.jacrev(total, (0, 1)), (0, 1))(*args))
-
-
 @pytest.mark.parametrize("name", ["kl", "cross_entropy", "entropy", "tv", "hellinger", "renyi"])
 def test_second_derivatives_match_the_textbook_formula(x64, rng, name):
     # The terms are the logits' (second order in test_f_divergences_x64); what is
@@ -189,8 +168,13 @@ def test_second_derivatives_match_the_textbook_formula(x64, rng, name):
     # where check_grads's finite differences took 13 (2-3x the time).
     # Renyi's order is a traced argument: one program for both orders.
     p, q = histograms(rng, (2, 5)).astype(np.float64) + 0.1, histograms(rng, (2, 5)).astype(np.float64) + 0.1
-    got = jax.jit(_hessians(PAIRS[name][0] if name != "renyi" else probs.renyi_divergence))
-    want = jax.jit(lambda a, b, *alpha: jax.hessian(lambda a, b: jnp.sum(_textbook(name, a, b, *alpha)), (0, 1))(a, b))
+    got = jax.jit(ref.hessians(PAIRS[name][0] if name != "renyi" else probs.renyi_divergence, (0, 1)))
+
+    @jax.jit
+    def want(a, b, *alpha):
+        return jax.hessian(lambda a, b: jnp.sum(ref.textbook(
+            name, a / a.sum(-1, keepdims=True), b / b.sum(-1, keepdims=True), *alpha)), (0, 1))(a, b)
+
     for alpha in ((0.5,), (2.0,)) if name == "renyi" else ((),):
         reference = want(p, q, *alpha)
         for mode in got(p, q, *alpha):
