@@ -46,3 +46,10 @@ def _release_compiled_programs():
     if _MAPS.exists() and _map_count() > 20_000:
         jax.clear_caches()
         _dispatch.clear_compiled()
+
+
+def pytest_collection_modifyitems(items):
+    """Hand the ``slow`` tests (subprocesses on several host devices, builds) to
+    the workers first: collected in file order, the longest could start last
+    and leave one core working alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

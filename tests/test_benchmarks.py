@@ -95,6 +95,7 @@ def test_default_plans_cover_the_promised_sweep():
         report.parse_args(["--size", "4096by32000"])
 
 
+@pytest.mark.slow
 def test_report_writes_json_markdown_and_plots(tmp_path, capsys):
     report.main(["--quick", "--kernels", "kl", "ce_labels", "gaussian_kl", "bce",
                  "--size", "4x8", "--sweep", "8x16", "--gaussian-size", "4x3", "--linear-sizes", "8x4x50",

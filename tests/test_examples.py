@@ -32,6 +32,7 @@ def test_distillation_example_runs_both_students():
     assert plain > 0.7 and taught > 0.7
 
 
+@pytest.mark.slow
 def test_byte_lm_with_the_fused_tied_head_learns():
     from examples import byte_lm
 
@@ -57,6 +58,7 @@ def test_byte_lm_with_the_fused_tied_head_learns():
     assert np.all(np.asarray(padded) == 0)
 
 
+@pytest.mark.slow
 def test_tensor_parallel_lm_follows_the_single_device_run():
     # (data=2, model=2) on 4 host devices, in a subprocess so the count does not leak.
     import subprocess
@@ -84,6 +86,7 @@ def test_drift_car_loan_alerts_only_where_the_drift_is():
                                               "repaid_loan_on_prev_car"}
 
 
+@pytest.mark.slow
 def test_latency_anomaly_alarms_in_the_incident():
     from examples import latency_anomaly
 

@@ -32,6 +32,7 @@ def reports():
     return {r["devices"]: r["programs"] for r in found}
 
 
+@pytest.mark.slow
 def test_data_parallel_programs(reports):
     # One test for the three checks of the compiled programs: as three tests, the
     # xdist workers could each measure them (160-200 s each, twice in one run).
@@ -94,6 +95,7 @@ def work_that_does_not_divide(reports):
     return bad
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_vocabulary_parallel_matches_whole_rows(dtype):
     # Inside shard_map on a (data=2, model=2) mesh, every kernel and loss with
@@ -108,6 +110,7 @@ def test_vocabulary_parallel_matches_whole_rows(dtype):
     assert "names no mesh axis here" in found["unbound"]
 
 
+@pytest.mark.slow
 def test_two_processes_on_the_distributed_runtime():
     # Two processes on localhost (jax.distributed, gloo over loopback), each
     # owning half of the vocabulary; every loss and gradient equals the
