@@ -319,17 +319,31 @@ def _devices():
 
 
 def _compile_one(fn, args):
+    """Compile ``fn`` for ``args``' device. A program that does not fit the
+    device's memory is compiled again with its inputs donated, as a training
+    step's logits are when they are intermediates (the gradients may then take
+    the inputs' memory); the row says so."""
+    import warnings
+
     import jax
 
-    lowered = jax.jit(fn).trace(*args).lower()
     outs = jax.eval_shape(fn, *args)
-    try:
-        compiled = lowered.compile()
-    except Exception as e:   # e.g. the TPU's "exceeds available HBM"
-        return {"compiles": False, "error": str(e).splitlines()[0][:160], "outs": outs}
-    memory = compiled.memory_analysis()
-    profile = kernel_profile(compiled.as_text())
-    return {"compiles": True, "temp": memory.temp_size_in_bytes, "outs": outs, **profile}
+    error = None
+    for donate in ((), tuple(range(len(args)))):
+        try:
+            with warnings.catch_warnings():   # "Some donated buffers were not usable"
+                warnings.simplefilter("ignore", UserWarning)
+                compiled = jax.jit(fn, donate_argnums=donate).trace(*args).lower().compile()
+        except Exception as e:   # e.g. the TPU's "exceeds available HBM"
+            error = error or str(e).splitlines()[0][:160]
+            if "RESOURCE_EXHAUSTED" in error:
+                continue
+            break
+        memory = compiled.memory_analysis()
+        profile = kernel_profile(compiled.as_text())
+        return {"compiles": True, "temp": memory.temp_size_in_bytes, "outs": outs,
+                **({"donated": True, "error": error} if donate else {}), **profile}
+    return {"compiles": False, "error": error, "outs": outs}
 
 
 def run(kernels=None, dtype="float32", branches=("accelerator", "cpu")) -> list[dict]:
@@ -428,7 +442,8 @@ def sharded_on_tpu(rows: int = 1024, classes: int = 32000) -> str:
 
 
 def _format_row(row) -> str:
-    where = f"| {row['target']} | {row['kernel']} | {_BRANCH_NAMES[row.get('branch')]} "
+    donated = ", inputs donated" if row.get("donated") else ""
+    where = f"| {row['target']} | {row['kernel']} | {_BRANCH_NAMES[row.get('branch')]}{donated} "
     if not row["compiles"]:
         return where + f"| does not compile: {row.get('error', '')} | | | |"
     return (where + f"| {row['launches']:,} | {row['loops']} "

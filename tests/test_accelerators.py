@@ -251,3 +251,38 @@ def test_accelerator_model_counts_loop_iterations_and_windows():
     assert whole["loops"] == 0 and whole["traffic"] >= x.nbytes
     row = kernel_profile(jax.jit(lambda x, i: jax.lax.dynamic_slice_in_dim(x, i, 1) * 2).lower(x, 3).compile().as_text())
     assert row["traffic"] < x.nbytes / 10
+
+
+def test_accelerator_model_retries_a_program_too_big_with_its_inputs_donated(monkeypatch):
+    # The v5e's "exceeds available HBM" cannot happen on the CPU: a jit whose
+    # compile refuses undonated inputs stands in for it. Another error is not
+    # retried.
+    from benchmarks import accelerator_model
+
+    real_jit = jax.jit
+
+    def jit(fn, donate_argnums=(), message="RESOURCE_EXHAUSTED: Ran out of memory on HBM"):
+        compiled = real_jit(fn, donate_argnums=donate_argnums)
+        if donate_argnums:
+            return compiled
+
+        class Refused:
+            def trace(self, *args):
+                return self
+
+            def lower(self):
+                return self
+
+            def compile(self):
+                raise RuntimeError(message)
+        return Refused()
+
+    x = jax.ShapeDtypeStruct((8, 128), jnp.float32)
+    monkeypatch.setattr(jax, "jit", jit)
+    row = accelerator_model._compile_one(lambda a, b: jnp.sum(a * b), [x, x])
+    assert row["compiles"] and row["donated"] and row["error"].startswith("RESOURCE_EXHAUSTED")
+    assert "inputs donated" in accelerator_model._format_row(
+        {"target": "TPU v5e", "kernel": "k", "branch": "pallas", "temp_fraction": 0.0, "traffic_ratio": 1.0, **row})
+    monkeypatch.setattr(jax, "jit", lambda fn, donate_argnums=(): jit(fn, donate_argnums, "INTERNAL: other"))
+    row = accelerator_model._compile_one(lambda a, b: jnp.sum(a * b), [x, x])
+    assert not row["compiles"] and row["error"] == "INTERNAL: other"
