@@ -346,3 +346,18 @@ def hessians(f, argnums, axis=None):
     forward = jax.jacfwd(jax.jacfwd(total, argnums), argnums)
     reverse = jax.jacrev(jax.jacrev(total, argnums), argnums)
     return lambda *args: (forward(*args), reverse(*args))
+
+
+def assert_hessians_match(ours, textbook, args, rtol=1e-9, atol=1e-12):
+    """Both modes' Hessians of ``sum ours`` over every argument equal the exact
+    (and finite) float64 Hessian of ``sum textbook``."""
+    import jax
+    import jax.numpy as jnp
+
+    argnums = tuple(range(len(args)))
+    want = jax.tree.leaves(jax.jit(jax.hessian(lambda *a: jnp.sum(textbook(*a)), argnums))(*args))
+    assert all(np.isfinite(w).all() for w in want)
+    for mode, hessian in zip(("fwd-fwd", "rev-rev"), jax.jit(hessians(ours, argnums))(*args)):
+        for g, w in zip(jax.tree.leaves(hessian), want, strict=True):
+            assert g.dtype == jnp.float64
+            np.testing.assert_allclose(g, w, rtol=rtol, atol=atol, err_msg=mode)
