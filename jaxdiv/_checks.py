@@ -39,6 +39,14 @@ def float_array(x, name: str, *, counts: bool = False, widen: bool = True) -> ja
     return x.astype(jnp.result_type(x.dtype, jnp.float32))
 
 
+def weights(x, name: str) -> jax.Array:
+    """:func:`float_array` for weights, NaN at each negative entry: a sign cannot
+    be checked under ``jit``, and a negative weight would turn its term into a
+    plausible wrong number (a loss that decreases as its error grows)."""
+    w = float_array(x, name)
+    return jnp.where(w >= 0, w, jnp.nan)   # NaN stays NaN
+
+
 def normalize_axis(axis: int, ndim: int, shapes: str) -> int:
     if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
         raise TypeError(f"axis must be an int, got {axis!r}.")

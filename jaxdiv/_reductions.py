@@ -108,8 +108,10 @@ def cross_entropy_from_stats(
     coef = (1.0 - eps) * (label_weight if integer else valid_counts)
     # coef = 0 (eps = 1, a zero class weight, a masked row) switches the term
     # off even where -log Q_y is +inf; a NaN (an out-of-range label, NaN
-    # logits) stays, whatever weight its clamped label happened to pick.
-    xent = jnp.where(coef > 0, coef * stats.nll, jnp.where(jnp.isnan(stats.nll), jnp.nan, 0.0))
+    # logits, a negative class weight) stays, whatever weight its clamped
+    # label happened to pick.
+    xent = jnp.where(coef > 0, coef * stats.nll,
+                     jnp.where(jnp.isnan(stats.nll) | jnp.isnan(coef), jnp.nan, 0.0))
     if smoothing:
         xent = xent + eps * stats.uniform_nll
     lse = jnp.where(valid_counts > 0, stats.log_normaliser, 0.0)

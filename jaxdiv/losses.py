@@ -73,7 +73,7 @@ __all__ = [
 def _class_weights(class_weights, num_classes: int, dtype) -> Optional[Array]:
     if class_weights is None:
         return None
-    w = _checks.float_array(class_weights, "class_weights")
+    w = _checks.weights(class_weights, "class_weights")
     if w.shape != (num_classes,):
         raise ValueError(
             f"expected class_weights of shape ({num_classes},) (one per class), "
@@ -151,7 +151,8 @@ def softmax_cross_entropy(
       label_smoothing: :math:`\varepsilon \in [0, 1]`.
       z_loss: :math:`\lambda_z \ge 0`, the weight of the squared log-normaliser.
       logit_softcap: :math:`c > 0` (a Python number), or None for no cap.
-      class_weights: ``[C]`` non-negative weights :math:`w` (not differentiated).
+      class_weights: ``[C]`` non-negative weights :math:`w` (not differentiated);
+        a negative or NaN weight makes the loss NaN.
       reduction: ``"mean"``, ``"sum"`` or ``"none"``, see above.
       return_aux: also return a :class:`CrossEntropyAux`.
       axis_name: inside ``jax.shard_map`` with the class axis split over this
@@ -549,8 +550,9 @@ def binary_cross_entropy(
         ``logits``; not differentiated (for a divergence between two
         Bernoullis use :func:`jaxdiv.bernoulli_kl_divergence`).
       where: boolean mask over elements.
-      pos_weight: :math:`w`, the weight of positive examples (PyTorch's
-        ``pos_weight``), broadcastable; 1 by default.
+      pos_weight: :math:`w \ge 0`, the weight of positive examples (PyTorch's
+        ``pos_weight``), broadcastable; 1 by default. NaN for the elements a
+        negative weight applies to.
       reduction: ``"mean"`` (over valid elements), ``"sum"`` or ``"none"``.
 
     Returns:
@@ -569,7 +571,7 @@ def binary_cross_entropy(
     reduction = _checks.choice(reduction, "reduction", _REDUCTIONS)
     x = _checks.float_array(logits, "logits")
     y = _checks.float_array(labels, "labels", counts=True)   # 0/1 integer labels, as optax takes
-    w = None if pos_weight is None else _checks.float_array(pos_weight, "pos_weight")
+    w = None if pos_weight is None else _checks.weights(pos_weight, "pos_weight")
     arrays = [("logits", x), ("labels", y)] + ([] if w is None else [("pos_weight", w)])
     try:
         shape = np.broadcast_shapes(*(a.shape for _, a in arrays))
@@ -592,7 +594,9 @@ def binary_cross_entropy(
     if valid is not None:
         x, y = jnp.where(valid, x, 0.0), jnp.where(valid, y, 0.0)
         w = jnp.where(valid, w, 0.0)
-    value = _binary_cross_entropy(x, y, w)
+    # An invalid weight poisons every element it weighs, not only the positive
+    # ones: their gradient (w y = NaN * 0) is NaN already.
+    value = jnp.where(jnp.isnan(w), jnp.nan, _binary_cross_entropy(x, y, w))
     if valid is not None:
         value = jnp.where(valid, value, 0.0)
     return _reduce(value, _counts(valid, shape, dtype), reduction)

@@ -208,6 +208,31 @@ def test_out_of_range_label_with_class_weights_is_nan():
     assert np.isnan(per[0]) and np.isfinite(per[1])
 
 
+def test_negative_weights_give_nan_never_a_sign_flipped_loss():
+    # Found by the adversarial sweep: a negative class weight made its rows' loss
+    # 0 ("none") or cancelled the mean's denominator, and a negative pos_weight
+    # gave a negative BCE: plausible numbers from invalid weights, under jit too.
+    x, y = f32([[1, 2, 3], [0, 0, 0], [3, 1, 2]]), jnp.array([0, 1, 2])
+    w = f32([-1, 1, 1])
+    for weights in (w, jnp.asarray(w)):
+        ce = jax.jit(lambda a, c, r: losses.softmax_cross_entropy(a, y, class_weights=c, reduction=r),
+                     static_argnums=2)
+        per = ce(x, weights, "none")
+        assert np.isnan(per[0])
+        np.testing.assert_allclose(per[1:], scipy.special.logsumexp(x[1:], -1) - x[[1, 2], [1, 2]], rtol=1e-6)
+        for reduction in ("mean", "sum"):
+            assert np.isnan(ce(x, weights, reduction))
+        assert np.isnan(losses.softmax_cross_entropy(x, y, class_weights=weights, label_smoothing=0.1)).all()
+    labels = f32([[1, 0, 1], [0, 0, 1], [1, 1, 0]])
+    for pos_weight in (-2.0, f32([-2, 1, 1])):
+        bce = jax.jit(lambda a, v: losses.binary_cross_entropy(a, labels, pos_weight=v, reduction="none"))
+        per = np.asarray(bce(x, pos_weight))
+        weighs = np.broadcast_to(np.asarray(pos_weight) < 0, x.shape)
+        assert np.isnan(per[weighs]).all() and np.isfinite(per[~weighs]).all()
+        grad = jax.grad(lambda a: losses.binary_cross_entropy(a, labels, pos_weight=pos_weight, reduction="sum"))(x)
+        assert np.isnan(np.asarray(grad)[weighs]).all() and np.isfinite(np.asarray(grad)[~weighs]).all()
+
+
 def test_fully_masked_row_of_integer_label_cross_entropy_is_zero():
     x = f32([[1, 2, 3], [1, 2, 3]])
     where = np.array([[False] * 3, [True, True, False]])
