@@ -594,9 +594,10 @@ def binary_cross_entropy(
     if valid is not None:
         x, y = jnp.where(valid, x, 0.0), jnp.where(valid, y, 0.0)
         w = jnp.where(valid, w, 0.0)
-    # An invalid weight poisons every element it weighs, not only the positive
-    # ones: their gradient (w y = NaN * 0) is NaN already.
-    value = jnp.where(jnp.isnan(w), jnp.nan, _binary_cross_entropy(x, y, w))
+    # A label outside [0, 1] or an invalid (NaN, negative) weight: NaN for the
+    # element, value and gradient, through its label.
+    y = jnp.where((y >= 0) & (y <= 1) & ~jnp.isnan(w), y, jnp.nan)
+    value = _binary_cross_entropy(x, y, w)
     if valid is not None:
         value = jnp.where(valid, value, 0.0)
     return _reduce(value, _counts(valid, shape, dtype), reduction)

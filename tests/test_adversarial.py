@@ -233,6 +233,24 @@ def test_negative_weights_give_nan_never_a_sign_flipped_loss():
         assert np.isnan(np.asarray(grad)[weighs]).all() and np.isfinite(np.asarray(grad)[~weighs]).all()
 
 
+def test_binary_labels_outside_the_unit_interval_are_nan():
+    # Found by the adversarial sweep: the documented NaN was a plausible number
+    # (label 2 at logit 1: -0.687, a negative loss), with a finite gradient.
+    x = f32([0, 1, -3, 2, 0.5])
+    y = f32([2, -1, 0.5, 1, 0])
+    bad = np.array([True, True, False, False, False])
+    for labels in (y, jnp.asarray(y)):
+        per = jax.jit(lambda a, b: losses.binary_cross_entropy(a, b, reduction="none"))(x, labels)
+        assert np.isnan(per[bad]).all()
+        want = y * np.logaddexp(0, -x.astype(np.float64)) + (1 - y) * np.logaddexp(0, x.astype(np.float64))
+        np.testing.assert_allclose(per[~bad], want[~bad], rtol=1e-6)
+        grad = jax.grad(lambda a: losses.binary_cross_entropy(a, labels, reduction="sum"))(x)
+        assert np.isnan(grad[bad]).all() and np.isfinite(grad[~bad]).all()
+    assert np.isnan(losses.binary_cross_entropy(x, y))
+    # A masked invalid label is not read.
+    assert np.isfinite(losses.binary_cross_entropy(x, y, where=~bad))
+
+
 def test_fully_masked_row_of_integer_label_cross_entropy_is_zero():
     x = f32([[1, 2, 3], [1, 2, 3]])
     where = np.array([[False] * 3, [True, True, False]])
