@@ -308,7 +308,8 @@ def kl_divergence_scale(
 
     with :math:`\log(\sigma^p/\sigma^q) = \mathrm{log1p}((\sigma^p - \sigma^q)/\sigma^q)`,
     exact for nearly equal scales. Scales must be positive; a zero ``scale_q``
-    gives ``+inf`` (and 0 together with a zero ``scale_p`` and equal means).
+    gives ``+inf`` (and 0 together with a zero ``scale_p`` and equal means), a
+    negative or NaN scale NaN in its row (with a zero gradient there).
 
     Args:
       mean_p, scale_p: mean and standard deviation of P, ``[..., d]``.
@@ -343,6 +344,8 @@ def _scale_kl_terms(mp, sp, mq, sq):
     sq_safe, sp_safe = jnp.where(ok, sq, 1.0), jnp.where(ok, sp, 1.0)
     # log(sp/sq) = log1p((sp - sq)/sq): exact for nearly equal scales; -inf at sp = 0.
     log_ratio = jnp.where(ok, jnp.log1p((sp_safe - sq_safe) / sq_safe), jnp.where(same, 0.0, jnp.inf))
+    # A negative or NaN scale is no Gaussian: NaN, not the +inf of a zero scale_q.
+    log_ratio = jnp.where((sp >= 0) & (sq >= 0), log_ratio, jnp.nan)
     diff = mp - mq
     nonzero = diff != 0
     mean_term = jnp.where(
@@ -355,7 +358,9 @@ def _scale_kl_terms(mp, sp, mq, sq):
 
 def _scale_kl_terms_fused(mp, sp, mq, sq):
     # Finite for positive scales; a zero scale (or an overflow) gives NaN or inf: the safe terms.
-    return 0.5 * (expm1mx_finite(2.0 * jnp.log1p((sp - sq) / sq)) + jnp.square((mp - mq) / sq))
+    # The sqrt is NaN for a negative scale, which the rest reads like |scale| (both negative).
+    return 0.5 * (expm1mx_finite(2.0 * jnp.log1p((sp - sq) / sq)) + jnp.square((mp - mq) / sq)
+                  + 0.0 * jnp.sqrt(jnp.minimum(sp, sq)))
 
 
 def _scale_coefficients(mp, sp, mq, sq):

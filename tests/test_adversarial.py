@@ -322,6 +322,22 @@ def test_gaussian_edge_cases():
     assert rel_err(gaussian.kl_divergence(z, f32([88.9]), z, z), want) < 1e-5
 
 
+def test_negative_or_nan_scales_give_nan_in_their_row_only():
+    # A NaN scale_q was +inf (read like a zero scale), two negative scales a finite
+    # value (read like |scale|): both are invalid input, so NaN, never a number.
+    mp, mq = f32([[0.1, -0.3]] * 5), f32([[0.4, 0.2]] * 5)
+    sp = f32([[0.5, 2.0], [0.5, 2.0], [-0.5, -2.0], [-0.5, 2.0], [np.nan, 2.0]])
+    sq = f32([[1.5, 0.7], [1.5, -0.7], [-1.5, -0.7], [1.5, 0.7], [1.5, 0.7]])
+    mp64, sp64, mq64, sq64 = (np.float64(a[0]) for a in (mp, sp, mq, sq))
+    want = np.sum(np.log(sq64 / sp64) + (sp64**2 + (mp64 - mq64) ** 2) / (2 * sq64**2) - 0.5)
+    for fn in (gaussian.kl_divergence_scale, jax.jit(gaussian.kl_divergence_scale)):
+        value = fn(mp, sp, mq, sq)
+        assert rel_err(value[0], want) < 1e-6
+        assert np.all(np.isnan(value[1:])), value
+        grads = jax.jit(jax.grad(lambda *a: fn(*a).sum(), (1, 3)))(mp, sp, mq, sq)
+        assert all(np.isfinite(g).all() and not g[1:].any() for g in grads), grads
+
+
 def test_tril_batch_mismatch_names_arguments_and_shapes():
     with pytest.raises(ValueError, match=r"mean_p shape \(3, 2\).*mean_q shape \(4, 2\)"):
         gaussian.kl_divergence_tril(jnp.zeros((3, 2)), jnp.eye(2), jnp.zeros((4, 2)), jnp.eye(2))
