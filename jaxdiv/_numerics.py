@@ -292,13 +292,6 @@ def log_softmax(x: jax.Array) -> jax.Array:
     return jnp.where(x > -jnp.inf, centred - log_total[..., None], -jnp.inf)
 
 
-def log_normalised(x: jax.Array) -> jax.Array:
-    """``log(x / sum x)`` over the last axis for ``x >= 0``, with no overflow of the sum
-    and NaN-free derivatives at zeros (``-inf`` there)."""
-    positive = x > 0
-    return log_softmax(jnp.where(positive, jnp.log(jnp.where(positive, x, 1.0)), -jnp.inf))
-
-
 class LogNormaliser(NamedTuple):
     """Row statistics of ``logits`` for ``log_softmax``, see :func:`log_normaliser`."""
 

@@ -222,19 +222,55 @@ def _renyi_slope(h: Array) -> Array:
     return jnp.where(h >= 0, jnp.inf, -1.0 / jnp.where(h < 0, h, -1.0) - 1.0)
 
 
-def _p_expm1_over_h(t: Pair, ell: Array, h: Array) -> Array:
-    """``P expm1(h l) / h`` for positive P and Q (``P l`` at ``h = 0``)."""
-    near, z = _near(h * ell)
+def _renyi_params(params):
+    """``(alpha, redo, value)``: ``redo`` marks the rows whose value came from the
+    log-space sum (:func:`renyi_in_log_space`), whose gradient uses that ``value``."""
+    alpha, *rest = params
+    return (alpha, *rest) if rest else (alpha, False, 0.0)
+
+
+def _both_in_log_space(t: Pair) -> Array:
+    # P^a Q^(1-a) can be moderate where P or Q underflows (log P = -3e38).
+    return (t.log_p > -jnp.inf) & (t.log_q > -jnp.inf)
+
+
+def _renyi_g(t: Pair, h: Array) -> Array:
+    """``g`` with ``h g = log(P^a Q^(1-a))``, on ``D``'s own scale, where both are positive.
+
+    For |h| < 1, ``log P / h`` alone can overflow where ``g`` does not: there ``g``
+    is ``(log P + h (log P - log Q)) / h``, whose numerator cannot overflow (for
+    h < 0 it is ``a log P + (1 - a) log Q``). Not left to an FMA the compiler may
+    or may not contract (without one, XLA:CPU at -O0 gave +inf here).
+    """
+    both = _both_in_log_space(t)
+    lp, lq = jnp.where(both, t.log_p, 0.0), jnp.where(both, t.log_q, 0.0)
     safe_h = jnp.where(h == 0, 1.0, h)
-    return jnp.where(
-        near,
-        t.p * ell * (1.0 + phi_over_x_series(z)),
-        (jnp.exp(t.log_p + h * ell) - t.p) / safe_h,
-    )
+    return jnp.where(jnp.abs(h) < 1, (lp + h * (lp - lq)) / safe_h, lp / safe_h + (lp - lq))
+
+
+def _renyi_weight(t: Pair, params) -> tuple[Array, Array, Array]:
+    """``(P^a Q^(1-a) / S, h, redo)``: ``S = 1`` in the usual rows, ``S = e^(h D)`` in
+    the log-space rows, where the weights are normalised (they sum to 1)."""
+    alpha, redo, value = _renyi_params(params)
+    h = alpha - 1.0
+    both = _both_in_log_space(t)
+    usual = t.log_p + h * _finite_ratio(t)
+    # h (g - D): e^(h D) itself overflows where D is near the dtype's largest value.
+    in_log_space = h * (_renyi_g(t, h) - jnp.where(redo, value, 0.0))
+    return jnp.where(both, jnp.exp(jnp.where(redo, in_log_space, usual)), 0.0), h, redo
+
+
+def _p_expm1_over_h(t: Pair, ell: Array, h: Array, weight: Array, redo) -> Array:
+    """``P expm1(h l) / h`` for positive P and Q (``P l`` at ``h = 0``); in the
+    log-space rows ``(w - P) / h``, the normalised weight ``w`` for ``P e^(h l)``."""
+    near, z = _near(h * ell)
+    near = near & ~jnp.asarray(redo)
+    safe_h = jnp.where(h == 0, 1.0, h)
+    return jnp.where(near, t.p * ell * (1.0 + phi_over_x_series(z)), (weight - t.p) / safe_h)
 
 
 def _renyi_term(t: Pair, params) -> Array:
-    (alpha,) = params
+    alpha, _, _ = _renyi_params(params)
     h = alpha - 1.0
     ell = _finite_ratio(t)
     both = (t.p > 0) & (t.q > 0)
@@ -243,34 +279,106 @@ def _renyi_term(t: Pair, params) -> Array:
     series = t.p * (phi_series(-small) + small * phi_over_x_series(h * small))
     # P phi(-l) + P phi(h l) / h = (Q - P) + P expm1(h l) / h: away from l = 0
     # the P l parts cancel analytically instead of in rounding.
-    direct = (t.q - t.p) + _p_expm1_over_h(t, ell, h)
+    weight = jnp.exp(t.log_p + h * ell)
+    direct = (t.q - t.p) + _p_expm1_over_h(t, ell, h, weight, False)
     inner = jnp.where(near, series, direct)
     return jnp.where(both, inner, _off_support(t, _renyi_slope(h), t.q))
 
 
+# In a log-space row, D = log S / h with S = sum P^a Q^(1-a): dD/dlog P = a w / h and
+# dD/dlog Q = -w for the normalised weights w; the terms' derivatives below are
+# those less (a P / h, -Q), whose sums vanish (the weights sum to 1), so that the
+# usual softmax Jacobian (a_j - P_j sum a) gives the gradient without a row sum.
+
+
+def _renyi_both(t: Pair, redo) -> Array:
+    # A log-space row's weights are formed from log P and log Q alone.
+    return jnp.where(redo, _both_in_log_space(t), (t.p > 0) & (t.q > 0))
+
+
 def _renyi_d_log_p(t: Pair, params) -> Array:
     # a P (e^(h l) - 1) / h
-    (alpha,) = params
-    h = alpha - 1.0
-    both = (t.p > 0) & (t.q > 0)
-    inner = alpha * _p_expm1_over_h(t, _finite_ratio(t), h)
-    return jnp.where(both, inner, alpha * _off_support(t, _renyi_slope(h), 0.0))
+    weight, h, redo = _renyi_weight(t, params)
+    alpha = h + 1.0
+    both = _renyi_both(t, redo)
+    inner = alpha * _p_expm1_over_h(t, _finite_ratio(t), h, weight, redo)
+    # Q_i = 0 < P_i: the term P a / (1 - a) (a < 1; a >= 1 gives D = +inf), whose
+    # derivative is itself, in a log-space row too (there w = 0 and -a P / h is it).
+    return jnp.where(both, inner, _off_support(t, _renyi_slope(h), 0.0))
 
 
 def _renyi_d_log_q(t: Pair, params) -> Array:
     # Q - P^a Q^(1-a) = -Q expm1(a l)
-    (alpha,) = params
-    h = alpha - 1.0
+    weight, h, redo = _renyi_weight(t, params)
+    alpha = h + 1.0
     ell = _finite_ratio(t)
-    both = (t.p > 0) & (t.q > 0)
+    both = _renyi_both(t, redo)
     near, z = _near(alpha * ell)
-    inner = jnp.where(near, -t.q * expm1_series(z), t.q - jnp.exp(t.log_p + h * ell))
+    near = near & ~jnp.asarray(redo)
+    inner = jnp.where(near, -t.q * expm1_series(z), t.q - weight)
     return jnp.where(both, inner, t.q)
+
+
+def _any(x: Array) -> Array:
+    return row_max(x.astype(jnp.float32)) > 0
+
+
+def renyi_from_sum(total: Array, params) -> tuple[Array, Array, Array]:
+    """``D_a = log1p((a - 1) F) / (a - 1)`` from the row sums ``F`` of the terms, with
+    ``dD/dF`` and the rows to recompute in log space (:func:`renyi_in_log_space`).
+
+    For far-apart distributions ``F`` overflows (``a > 1``: the terms
+    ``P (P/Q)^(a-1)``) or ``1 + (a - 1) F`` cancels (``a < 1``) while ``D_a``
+    itself is moderate: those rows are recomputed.
+    """
+    alpha, _, _ = _renyi_params(params)
+    h = alpha - 1.0
+    value, slope = jax.jvp(lambda f: log1p_scaled(f, h), (total,), (jnp.ones_like(total),))
+    # 1 + h F is sum P^a Q^(1-a); below 1/2 it is better summed in log space.
+    overflow = jnp.isinf(value) | ((h < 0) & (h * total <= -0.5))
+    redo = overflow & (h != 0)
+    # The log-space rows' own derivative is taken with respect to D (slope 1).
+    return value, jnp.where(redo, 1.0, slope), redo
+
+
+def renyi_in_log_space(t: Pair, params, redo: Array) -> Array:
+    """``D_a = logsumexp(h g) / h`` of the rows ``redo`` (``[...]``), from the log-probabilities.
+
+    Taken on ``D``'s own scale (:func:`_renyi_g`): a value that fits in float32
+    survives even where ``h g = log(P^a Q^(1-a))`` overflows (``log P - log Q``
+    never does: both are <= 0).
+    """
+    alpha, _, _ = _renyi_params(params)
+    h = alpha - 1.0
+    has_p, has_q = t.log_p > -jnp.inf, t.log_q > -jnp.inf
+    both = redo[..., None] & has_p & has_q
+    # Q_i = 0 < P_i: the value is +inf for a > 1 (a locally constant one).
+    structural = _any(has_p & ~has_q) & (h[..., 0] > 0)
+    g = _renyi_g(t, h)
+    # g = +inf: for a > 1 the value overflows too (D_a >= max g); for a < 1
+    # that term adds nothing (h g = -inf), as g = -inf does for a > 1.
+    infinite = _any(both & (g == jnp.inf)) & (h[..., 0] > 0)
+    # (Where infinite, the value is +inf whatever the other terms.)
+    used = both & jnp.isfinite(g)
+    # h g is largest at the largest g for a > 1 and at the smallest for a < 1;
+    # the shift cancels from the value: no derivative through it (nor a pmax).
+    sign = jnp.where(h > 0, 1.0, -1.0)
+    top = row_max(jnp.where(used, sign * jax.lax.stop_gradient(g), -jnp.inf))
+    overlap = top > -jnp.inf
+    shift = jnp.where(overlap, sign[..., 0] * top, 0.0)
+    total_e = row_sum(jnp.where(used, jnp.exp(h * (jnp.where(used, g, 0.0) - shift[..., None])), 0.0))
+    safe_h = jnp.where(h == 0, 1.0, h)[..., 0]
+    # No overlap: sum P^a Q^(1-a) = 0, so D_a = +inf for every order.
+    scaled = jnp.where(overlap, shift + jnp.log(jnp.where(overlap, total_e, 1.0)) / safe_h, jnp.inf)
+    scaled = jnp.where(infinite, jnp.inf, scaled)
+    # (At a = 1 an infinite value is KL's own +inf.)
+    return jnp.where(structural, jnp.inf, scaled)
 
 
 # A Q without mass is no distribution: sum P^a Q^(1-a) = 0 for every order.
 RENYI = Terms(
-    term=_renyi_term, d_log_p=_renyi_d_log_p, d_log_q=_renyi_d_log_q, empty_q=jnp.inf
+    term=_renyi_term, d_log_p=_renyi_d_log_p, d_log_q=_renyi_d_log_q, empty_q=jnp.inf,
+    from_sum=renyi_from_sum, redo=renyi_in_log_space,
 )
 
 
@@ -309,65 +417,3 @@ def f_terms(f, slope_at_infinity) -> Terms:
         d_log_p=functools.partial(_f_d_log_p, f, slope_at_infinity),
         d_log_q=functools.partial(_f_d_log_q, f, slope_at_infinity),
     )
-
-
-def _any(x: Array) -> Array:
-    return row_max(x.astype(jnp.float32)) > 0
-
-
-def renyi_from_total(total: Array, log_p_fn, log_q_fn, alpha: Array) -> Array:
-    """``D_a = log1p((a - 1) F) / (a - 1)`` from the row sums ``F`` of :data:`RENYI`.
-
-    For far-apart distributions ``F`` overflows (``a > 1``: the terms
-    ``P (P/Q)^(a-1)``) or ``1 + (a - 1) F`` cancels (``a < 1``) while ``D_a``
-    itself is moderate; only then (a ``lax.cond``, so the usual path pays
-    nothing) the overflowing rows are recomputed as ``logsumexp(a log P +
-    (1 - a) log Q) / (a - 1)`` from the full log-probabilities, which the
-    callables ``log_p`` and ``log_q`` compute (class axis last; ``-inf`` at
-    zero probability, with NaN-free derivatives there).
-
-    The recomputation is differentiated by autodiff, so every row and entry it
-    does not use is fed harmless values: a zero cotangent times an infinite
-    derivative would otherwise put NaN into the gradient of the valid rows.
-    """
-    h = jax.lax.stop_gradient(alpha) - 1.0
-    value = log1p_scaled(total, h)
-    # 1 + h F is sum P^a Q^(1-a); below 1/2 it is better summed in log space.
-    overflow = jnp.isinf(value) | ((h < 0) & (h * total <= -0.5))
-    recompute = overflow & (h != 0)
-
-    def in_log_space():
-        log_p, log_q = log_p_fn(), log_q_fn()
-        has_p, has_q = log_p > -jnp.inf, log_q > -jnp.inf
-        both = recompute[..., None] & has_p & has_q
-        # Q_i = 0 < P_i: the value is +inf for a > 1 (a locally constant one).
-        structural = _any(has_p & ~has_q) & (h > 0)
-        # D_a = logsumexp(h g) / h with g = log P / h + (log P - log Q), taken on
-        # D's own scale: a value that fits in float32 survives even where
-        # h g = log(P^a Q^(1-a)) overflows (log P - log Q never does: both are <= 0).
-        # For |h| < 1, log P / h alone can overflow where g does not: there g is
-        # (log P + h (log P - log Q)) / h, whose numerator cannot overflow (for
-        # h < 0 it is a log P + (1 - a) log Q). Not left to an FMA the compiler may
-        # or may not contract (without one, XLA:CPU at -O0 gave +inf here).
-        lp, lq = jnp.where(both, log_p, 0.0), jnp.where(both, log_q, 0.0)
-        safe_h = jnp.where(h == 0, 1.0, h)
-        g = jnp.where(jnp.abs(h) < 1, (lp + h * (lp - lq)) / safe_h, lp / safe_h + (lp - lq))
-        # g = +inf: for a > 1 the value overflows too (D_a >= max g); for a < 1
-        # that term adds nothing (h g = -inf), as g = -inf does for a > 1.
-        infinite = _any(both & (g == jnp.inf)) & (h > 0)
-        used = both & jnp.isfinite(g) & ~infinite[..., None]
-        overlap = _any(used)
-        # h g is largest at the largest g for a > 1 and at the smallest for a < 1;
-        # the shift cancels from the value: no derivative through it (nor a pmax).
-        g_stop = jax.lax.stop_gradient(g)
-        shift = jnp.where(h > 0, row_max(jnp.where(used, g_stop, -jnp.inf)),
-                          -row_max(jnp.where(used, -g_stop, -jnp.inf)))
-        shift = jnp.where(overlap, shift, 0.0)
-        total_e = row_sum(jnp.where(used, jnp.exp(h * (jnp.where(used, g, 0.0) - shift[..., None])), 0.0))
-        # No overlap: sum P^a Q^(1-a) = 0, so D_a = +inf for every order.
-        scaled = jnp.where(overlap, shift + jnp.log(jnp.where(overlap, total_e, 1.0)) / safe_h, jnp.inf)
-        scaled = jnp.where(infinite, jnp.inf, scaled)
-        # (At a = 1 an infinite value is KL's own +inf.)
-        return jnp.where(recompute, jnp.where(structural, jnp.inf, scaled), value)
-
-    return jax.lax.cond(jnp.any(recompute), in_log_space, lambda: value)

@@ -86,6 +86,13 @@ class Terms(NamedTuple):
     upper: Optional[Callable[[tuple], Array]] = None
     # the value of a row where P has mass and Q has none (None: the sum of the terms).
     empty_q: Optional[float] = None
+    # A value that is a function of the row sum F of the terms (Renyi's
+    # log1p(h F) / h): from_sum(F, params) gives it, dD/dF and the rows whose
+    # value redo(pair, params, rows) recomputes (Renyi's log-space sum). Those
+    # rows' derivatives are the terms' own, given params + (rows, value),
+    # with sums that vanish: no lax.cond is differentiated.
+    from_sum: Optional[Callable] = None
+    redo: Optional[Callable] = None
 
 
 # ----------------------------------------------------------- building a Pair
@@ -397,6 +404,28 @@ def _coefficients(space: _Space, terms: Terms, params: tuple, x: Array, y: Array
     return space.chain(coef_x, x_in), space.chain(coef_y, y_in)
 
 
+def _from_sum(space: _Space, terms: Terms, params: tuple, x: Array, y: Array, rows: _Rows):
+    """``(value, dvalue/dtotal, redo)`` of :attr:`Terms.from_sum`, the rows ``redo`` recomputed
+    from the saved statistics.
+
+    A batch-level ``lax.cond``: a batch without such rows pays one check.
+    """
+    value, slope, redo = terms.from_sum(rows.value, params)
+    leaves, tree = jax.tree.flatten(rows.stats)
+
+    def redo_rows(a, b, r, *stats):
+        a, b = jnp.broadcast_arrays(a, b)
+        pair = space.pair(a, b, jax.tree.unflatten(tree, stats))
+        return terms.redo(pair, _row_params(terms, params, None), r)
+
+    def recompute():
+        return jnp.where(redo, map_rows(redo_rows, x, y, redo, *leaves), value)
+
+    if value.size:
+        value = jax.lax.cond(jnp.any(redo), recompute, lambda: value)
+    return value, slope, redo
+
+
 def divergence(space: _Space, terms: Terms, x: Array, y: Array, params: tuple = (), axis_name=None) -> Array:
     """``D(x, y)`` over the last axis of prepared ``[..., C]`` arrays (split over ``axis_name``)."""
     return _build(space, terms, axis_name)(x, y, tuple(params))
@@ -422,7 +451,10 @@ def _build(space: _Space, terms: Terms, axis_name):
     @jax.custom_jvp
     def value(x, y, params):
         with classes_split_over(axis_name):
-            return map_rows(lambda a, b: _rows(space, terms, params, a, b, False).value, x, y)
+            if terms.from_sum is None:
+                return map_rows(lambda a, b: _rows(space, terms, params, a, b, False).value, x, y)
+            rows = map_rows(lambda a, b: _rows(space, terms, params, a, b, False), x, y)
+            return _from_sum(space, terms, params, x, y, rows)[0]
 
     # Closed form: dD/dx_j = a_j - P_j sum(a) with a = dt/dlog P (and likewise
     # for y); autodiff through the terms' branches would leak NaN at zero
@@ -443,32 +475,48 @@ def _build(space: _Space, terms: Terms, axis_name):
         live = [t for t in (dx, dy) if not isinstance(t, SymbolicZero)]
         linear = tuple(range(2, 2 + len(live)))
 
-        def tangent_of(a, b, rows, ts):
-            coefs = _coefficients(space, terms, params, a, b, rows)
+        def tangent_of(a, b, rows, redone, ts):
+            coef_params = params
+            if redone:
+                # The recomputed rows' value and coefficients; their sums vanish.
+                redo, value = redone
+                coef_params = params + (redo, value)
+                rows = rows._replace(value=value, sum_a=jnp.where(redo, 0.0, rows.sum_a),
+                                     sum_b=jnp.where(redo, 0.0, rows.sum_b))
+            coefs = _coefficients(space, terms, coef_params, a, b, rows)
             zero = jnp.zeros(rows.value.shape, rows.value.dtype)
             return sum((_inner(c, t) for c, t in zip(coefs, _live_only(ts, (dx, dy)))), zero)
 
         # The row statistics and the coefficient sums, kept for the backward pass.
         rows = row_stats(map_rows(lambda a, b: _rows(space, terms, params, a, b, True), x, y))
         leaves, tree = jax.tree.flatten(rows)
+        value, slope, redone = rows.value, None, ()
+        if terms.from_sum is not None:
+            value, slope, redo = row_stats(_from_sum(space, terms, params, x, y, rows))
+            redone = (redo, value)
+        k, r = len(live), len(redone)
 
         # CPU: each row block recomputes its statistics and forms the tangent
         # in cache (checkpointed: reverse mode replays the block, keeping nothing).
         @jax.checkpoint
-        def block(a, b, *ts):
-            return tangent_of(a, b, _rows(space, terms, params, a, b, True), ts)
+        def block(a, b, *rest):
+            rows = _rows(space, terms, params, a, b, True)
+            return tangent_of(a, b, rows, rest[k:], rest[:k])
 
         # GPU/TPU: the tangent elementwise given the saved statistics, which
         # reverse mode transposes into one pass writing the gradients.
         def given_rows(a, b, *rest):
-            return tangent_of(a, b, jax.tree.unflatten(tree, rest[len(live):]), rest[: len(live)])
+            rows = jax.tree.unflatten(tree, rest[k + r:])
+            return tangent_of(a, b, rows, rest[k:k + r], rest[:k])
 
         tangent = on_platform(
-            cpu=lambda: map_rows(block, x, y, *live, linear=linear),
-            accelerator=lambda: map_rows(given_rows, x, y, *live, *leaves, linear=linear),
+            cpu=lambda: map_rows(block, x, y, *live, *redone, linear=linear),
+            accelerator=lambda: map_rows(given_rows, x, y, *live, *redone, *leaves, linear=linear),
         )
+        if slope is not None:
+            tangent = tangent * slope
         # NaN inputs poison their own row's gradient, linearly.
-        return rows.value, tangent * jnp.where(space.invalid(rows.stats), jnp.nan, 1.0)
+        return value, tangent * jnp.where(space.invalid(rows.stats), jnp.nan, 1.0)
 
     value.defjvp(value_jvp, symbolic_zeros=True)
     return recompute_in_backward(value)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from jaxdiv import _checks, _terms
 from jaxdiv._dispatch import eager_jit
-from jaxdiv._numerics import any_class, check_axis_name, classes_split_over, log_softmax, safe_sqrt
+from jaxdiv._numerics import any_class, check_axis_name, safe_sqrt
 from jaxdiv._pallas import choose
 from jaxdiv._termwise import LOGITS, divergence, divergence_one_pass
 from jaxdiv.categorical import _kl
@@ -322,11 +322,7 @@ def renyi_divergence(
     alpha = _checks.scalar_parameter(alpha, "alpha", 0.0, jnp.inf, open_low=True, open_high=True)
     p, q = _pair(p_logits, q_logits, axis, where, axis_name)
     alpha = jnp.asarray(alpha, p.dtype)
-    total = divergence(LOGITS, _terms.RENYI, p, q, (alpha,), axis_name)
-    with classes_split_over(axis_name):
-        value = _terms.renyi_from_total(
-            total, lambda: log_softmax(p), lambda: log_softmax(q), alpha
-        )
+    value = divergence(LOGITS, _terms.RENYI, p, q, (alpha,), axis_name)
     return _checks.in_base(value, base)
 
 

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 
 from jaxdiv import _checks, _terms
 from jaxdiv._dispatch import eager_jit
-from jaxdiv._numerics import log_normalised, safe_sqrt
+from jaxdiv._numerics import safe_sqrt
 from jaxdiv._termwise import PROBS, Terms, divergence
 
 Array = jax.Array
@@ -383,6 +383,5 @@ def renyi_divergence(
     alpha = _checks.scalar_parameter(alpha, "alpha", 0.0, jnp.inf, open_low=True, open_high=True)
     x, y = _checks.probabilities((p, q), ("p", "q"), axis=axis, where=where, eps=eps)
     alpha = jnp.asarray(alpha, x.dtype)
-    total = divergence(PROBS, _terms.RENYI, x, y, (alpha,))
-    value = _terms.renyi_from_total(total, lambda: log_normalised(x), lambda: log_normalised(y), alpha)
+    value = divergence(PROBS, _terms.RENYI, x, y, (alpha,))
     return _checks.in_base(value, base)

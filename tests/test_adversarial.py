@@ -439,8 +439,7 @@ def test_row_block_gradients_write_each_block_in_place(name, shape):
     x = jax.ShapeDtypeStruct(shape, jnp.float32)
     compiled = jax.jit(jax.value_and_grad(lambda p, q: fn(p, q).sum(), (0, 1))).lower(x, x).compile()
     assert not _whole_array_work_in_loops(compiled.as_text(), math.prod(shape))
-    if name != "renyi":   # Renyi's fallback buffers: docs/limits.md
-        assert compiled.memory_analysis().temp_size_in_bytes < 0.4 * math.prod(shape) * 4
+    assert compiled.memory_analysis().temp_size_in_bytes < 0.4 * math.prod(shape) * 4
 
 
 def test_an_odd_row_count_runs_in_full_size_blocks():
@@ -610,6 +609,8 @@ def test_memory_fused_head_under_vmap_sizes_chunks_from_every_row():
         ("js", lambda a, b, y: jaxdiv.js_divergence(a, b)),
         ("tv", lambda a, b, y: jaxdiv.total_variation(a, b)),
         ("hellinger", lambda a, b, y: jaxdiv.hellinger_distance(a, b)),
+        ("renyi", lambda a, b, y: jaxdiv.renyi_divergence(a, b, 0.5)),
+        ("probs_renyi", lambda a, b, y: probs.renyi_divergence(a, b, 2.0)),
         ("labels", lambda a, b, y: jaxdiv.cross_entropy_with_integer_labels(a, y)),
         ("softmax_ce", lambda a, b, y: losses.softmax_cross_entropy(a, y, label_smoothing=0.1, z_loss=1e-4)),
         ("distillation", lambda a, b, y: losses.distillation_loss(a, b, temperature=2.0)),

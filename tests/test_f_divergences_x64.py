@@ -93,6 +93,32 @@ def test_second_derivatives_match_the_textbook_formulas(rng, group):
                 np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-11, err_msg=f"{group} {parameter} {mode}")
 
 
+@pytest.mark.parametrize("alpha", [0.5, 3.0])
+def test_renyi_gradients_of_log_space_rows_and_of_q_zeros_match_the_definition(alpha):
+    # Rows 1-2 are so far apart that sum P^a Q^(1-a) overflows (a > 1) or
+    # cancels against 1 (a < 1), and take the log-space sum; their gradient was
+    # autodiff through a lax.cond that held 7x one input (CPU; 23 GiB on a TPU
+    # v5e) and is now the terms' own. Row 3 (a < 1) has Q_i = 0 < P_i, whose
+    # derivative by p_i was scaled by a (0.280 where the definition gives 0.451).
+    p = np.array([[0.3, -0.2, 1.1, 0.4], [0, -800, 1, -5], [0, -40, -40, -40], [0.3, -0.2, 1.1, 0.4]])
+    q = np.array([[0.1, 0.5, 0.7, 0.2], [-800, 0, -3, -2], [-40, 0, -40, -40], [0.1, 0.5, 0.7, 0.2]])
+    q_zero = np.zeros_like(q, bool)
+    q_zero[3, 2] = alpha < 1   # a > 1 there: D = +inf
+
+    def ours(a, b):
+        return jaxdiv.renyi_divergence(a, jnp.where(q_zero, -jnp.inf, b), alpha)
+
+    def definition(a, b):
+        lp, lq = jax.nn.log_softmax(a), jax.nn.log_softmax(jnp.where(q_zero, -jnp.inf, b))
+        return jax.nn.logsumexp(alpha * lp + (1 - alpha) * lq, -1) / (alpha - 1)
+
+    np.testing.assert_allclose(ours(p, q), definition(p, q), rtol=1e-12)
+    for mode in (jax.jacrev, jax.jacfwd):
+        for got, want in zip(mode(lambda a, b: ours(a, b).sum(), (0, 1))(p, q),
+                             jax.jacrev(lambda a, b: definition(a, b).sum(), (0, 1))(p, q)):
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-14, err_msg=mode.__name__)
+
+
 @pytest.mark.parametrize("name", FUNCTIONS)
 def test_jacfwd_equals_jacrev(rng, name):
     p, q = rng.standard_normal(6), rng.standard_normal(6)
