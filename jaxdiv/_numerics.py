@@ -280,20 +280,8 @@ def neg_log1pmx_near(s: jax.Array) -> jax.Array:
     return s * u - 2.0 * u * u * u * _atanh_series_over_u(u, 3)
 
 
-def log_softmax(x: jax.Array) -> jax.Array:
-    """Log-probabilities of ``softmax(x)`` over the last axis: ``-inf`` where ``x`` is,
-    all ``-inf`` for a row without support, and NaN-free derivatives everywhere."""
-    # The shift cancels from the value, so it has no derivative to carry (and
-    # across devices it is a pmax, which JAX does not differentiate).
-    shift = finite_or_zero(row_max(jax.lax.stop_gradient(x)))
-    centred = x - shift[..., None]
-    total = row_sum(jnp.exp(centred))
-    log_total = jnp.log(jnp.where(total > 0, total, 1.0))
-    return jnp.where(x > -jnp.inf, centred - log_total[..., None], -jnp.inf)
-
-
 class LogNormaliser(NamedTuple):
-    """Row statistics of ``logits`` for ``log_softmax``, see :func:`log_normaliser`."""
+    """Row statistics of ``logits`` for the log-softmax, see :func:`log_normaliser`."""
 
     shift: jax.Array      # row max, 0 for a row with no finite logit  [...]
     centred: jax.Array    # logits - shift (<= 0, -inf stays -inf)     [..., C]
