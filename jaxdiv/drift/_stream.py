@@ -123,8 +123,9 @@ def batch_counts(x, edges, *, block: Optional[int] = None):
     """``[features, B]`` counts of an encoded batch ``x [rows, features]``; jittable, any rows."""
     rows, features = x.shape
     if block is None:
-        # About 2^19 values (2 MiB) per block: what the per-edge loop re-reads stays in cache.
-        block = int(min(8192, max(64, 1 << max((1 << 19) // max(features, 1), 1).bit_length() - 1)))
+        # About 2^20 values (4 MiB) per block: what the per-edge loop re-reads stays
+        # in cache (2^19 was 14-25% slower at 300-3000 features, equal at 100).
+        block = int(min(8192, max(64, 1 << max((1 << 20) // max(features, 1), 1).bit_length() - 1)))
     block = min(block, max(rows, 1))
     full = rows // block
 
