@@ -223,10 +223,11 @@ def _renyi_slope(h: Array) -> Array:
 
 
 def _renyi_params(params):
-    """``(alpha, redo, value)``: ``redo`` marks the rows whose value came from the
-    log-space sum (:func:`renyi_in_log_space`), whose gradient uses that ``value``."""
+    """``(alpha, redo, shift, log_total)``: ``redo`` marks the rows whose value came
+    from the log-space sum (:func:`renyi_in_log_space`), whose gradient uses its
+    ``shift`` and ``log_total``."""
     alpha, *rest = params
-    return (alpha, *rest) if rest else (alpha, False, 0.0)
+    return (alpha, *rest) if rest else (alpha, False, 0.0, 0.0)
 
 
 def _both_in_log_space(t: Pair) -> Array:
@@ -251,12 +252,20 @@ def _renyi_g(t: Pair, h: Array) -> Array:
 def _renyi_weight(t: Pair, params) -> tuple[Array, Array, Array]:
     """``(P^a Q^(1-a) / S, h, redo)``: ``S = 1`` in the usual rows, ``S = e^(h D)`` in
     the log-space rows, where the weights are normalised (they sum to 1)."""
-    alpha, redo, value = _renyi_params(params)
+    alpha, redo, shift, log_total = _renyi_params(params)
     h = alpha - 1.0
     both = _both_in_log_space(t)
     usual = t.log_p + h * _finite_ratio(t)
-    # h (g - D): e^(h D) itself overflows where D is near the dtype's largest value.
-    in_log_space = h * (_renyi_g(t, h) - jnp.where(redo, value, 0.0))
+    # Formed as the value's own sum was: e^(h D) overflows where D is near the
+    # dtype's largest value, and g - D loses g's differences there (3e38 apart
+    # by ulps of 2e31), where g - shift is what the value summed.
+    d = _renyi_g(t, h) - shift
+    # g is recomputed in another kernel, where the compiler may contract a
+    # multiply-add that the value's kernel did not: g an ulp apart, h d = +-1e31
+    # at 3e38 (an infinite weight). Differences within two ulps of the shift are
+    # g's own rounding, so 0; and h d <= 0 by the choice of the shift.
+    d = jnp.where(jnp.abs(d) <= 2 * jnp.finfo(d.dtype).eps * jnp.abs(shift), 0.0, d)
+    in_log_space = jnp.minimum(h * d, 0.0) - log_total
     return jnp.where(both, jnp.exp(jnp.where(redo, in_log_space, usual)), 0.0), h, redo
 
 
@@ -270,7 +279,7 @@ def _p_expm1_over_h(t: Pair, ell: Array, h: Array, weight: Array, redo) -> Array
 
 
 def _renyi_term(t: Pair, params) -> Array:
-    alpha, _, _ = _renyi_params(params)
+    alpha = _renyi_params(params)[0]
     h = alpha - 1.0
     ell = _finite_ratio(t)
     both = (t.p > 0) & (t.q > 0)
@@ -331,7 +340,7 @@ def renyi_from_sum(total: Array, params) -> tuple[Array, Array, Array]:
     ``P (P/Q)^(a-1)``) or ``1 + (a - 1) F`` cancels (``a < 1``) while ``D_a``
     itself is moderate: those rows are recomputed.
     """
-    alpha, _, _ = _renyi_params(params)
+    alpha = _renyi_params(params)[0]
     h = alpha - 1.0
     value, slope = jax.jvp(lambda f: log1p_scaled(f, h), (total,), (jnp.ones_like(total),))
     # 1 + h F is sum P^a Q^(1-a); below 1/2 it is better summed in log space.
@@ -341,14 +350,15 @@ def renyi_from_sum(total: Array, params) -> tuple[Array, Array, Array]:
     return value, jnp.where(redo, 1.0, slope), redo
 
 
-def renyi_in_log_space(t: Pair, params, redo: Array) -> Array:
-    """``D_a = logsumexp(h g) / h`` of the rows ``redo`` (``[...]``), from the log-probabilities.
+def renyi_in_log_space(t: Pair, params, redo: Array) -> tuple[Array, tuple[Array, Array]]:
+    """``D_a = logsumexp(h g) / h`` of the rows ``redo`` (``[...]``), from the
+    log-probabilities, with the ``shift`` and ``log(total)`` it was summed with.
 
     Taken on ``D``'s own scale (:func:`_renyi_g`): a value that fits in float32
     survives even where ``h g = log(P^a Q^(1-a))`` overflows (``log P - log Q``
     never does: both are <= 0).
     """
-    alpha, _, _ = _renyi_params(params)
+    alpha = _renyi_params(params)[0]
     h = alpha - 1.0
     has_p, has_q = t.log_p > -jnp.inf, t.log_q > -jnp.inf
     both = redo[..., None] & has_p & has_q
@@ -368,11 +378,12 @@ def renyi_in_log_space(t: Pair, params, redo: Array) -> Array:
     shift = jnp.where(overlap, sign[..., 0] * top, 0.0)
     total_e = row_sum(jnp.where(used, jnp.exp(h * (jnp.where(used, g, 0.0) - shift[..., None])), 0.0))
     safe_h = jnp.where(h == 0, 1.0, h)[..., 0]
+    log_total = jnp.log(jnp.where(overlap, total_e, 1.0))
     # No overlap: sum P^a Q^(1-a) = 0, so D_a = +inf for every order.
-    scaled = jnp.where(overlap, shift + jnp.log(jnp.where(overlap, total_e, 1.0)) / safe_h, jnp.inf)
+    scaled = jnp.where(overlap, shift + log_total / safe_h, jnp.inf)
     scaled = jnp.where(infinite, jnp.inf, scaled)
     # (At a = 1 an infinite value is KL's own +inf.)
-    return jnp.where(structural, jnp.inf, scaled)
+    return jnp.where(structural, jnp.inf, scaled), (shift, log_total)
 
 
 # A Q without mass is no distribution: sum P^a Q^(1-a) = 0 for every order.
