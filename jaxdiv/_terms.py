@@ -256,14 +256,12 @@ def _renyi_weight(t: Pair, params) -> tuple[Array, Array, Array]:
     h = alpha - 1.0
     both = _both_in_log_space(t)
     usual = t.log_p + h * _finite_ratio(t)
-    # Formed as the value's own sum was: e^(h D) overflows where D is near the
-    # dtype's largest value, and g - D loses g's differences there (3e38 apart
-    # by ulps of 2e31), where g - shift is what the value summed.
+    # Formed as the value's own sum was, from g - shift: e^(h D) overflows where D
+    # is near the dtype's largest value, and g - D loses g's differences there.
+    # Recomputed in another kernel (a multiply-add contracted or not), g can be
+    # an ulp apart, 2e31 at 3e38: differences within two ulps of the shift are
+    # rounding, so 0, and h d <= 0 by the choice of the shift.
     d = _renyi_g(t, h) - shift
-    # g is recomputed in another kernel, where the compiler may contract a
-    # multiply-add that the value's kernel did not: g an ulp apart, h d = +-1e31
-    # at 3e38 (an infinite weight). Differences within two ulps of the shift are
-    # g's own rounding, so 0; and h d <= 0 by the choice of the shift.
     d = jnp.where(jnp.abs(d) <= 2 * jnp.finfo(d.dtype).eps * jnp.abs(shift), 0.0, d)
     in_log_space = jnp.minimum(h * d, 0.0) - log_total
     return jnp.where(both, jnp.exp(jnp.where(redo, in_log_space, usual)), 0.0), h, redo
