@@ -10,6 +10,7 @@ against float64 closed forms and against the XLA path, and the lowerings for
 TPU v5e is the accelerator-model report).
 """
 
+import contextlib
 import re
 
 import jax
@@ -22,14 +23,23 @@ from jaxdiv import _online, _pallas
 from tests import reference
 from tests.inputs import rel_err
 
-KERNELS = ("triton", "mosaic")
+# On a machine with a GPU ("gpu"), every test of both interpreted kernels also
+# runs the compiled Triton kernel itself: `python3 -m pytest tests/test_pallas.py -k gpu`.
+ON_GPU = jax.default_backend() == "gpu"
+KERNELS = ("triton", "mosaic") + (("gpu",) if ON_GPU else ())
 ROWS, CLASSES = 24, 45
+
+
+def _kernel(kernel):
+    """Run ``kernel`` in Pallas's interpreter, or ("gpu") compiled, as the platform chooses."""
+    return contextlib.nullcontext() if kernel == "gpu" else _pallas.interpreted(kernel)
 
 
 @pytest.fixture
 def small_tiles(monkeypatch):
-    """Tiles of 8 classes (the interpreter does not hold Mosaic to its (8, 128) tiling)."""
-    monkeypatch.setattr(_pallas, "_TRITON_TILE", 8)
+    """Tiles of 8 classes a pair (16 for one input; the interpreter does not hold Mosaic
+    to its (8, 128) tiling)."""
+    monkeypatch.setattr(_pallas, "_TRITON_TILE", 16)
     monkeypatch.setattr(_pallas, "_TPU_ROWS", 8)
     monkeypatch.setattr(_pallas, "_TPU_COLS", 8)
 
@@ -113,7 +123,7 @@ def test_integer_label_kernel_matches_reference(kernel, rng, small_tiles):
     x[3, 4] = np.nan
     labels[4] = CLASSES + 3                      # out of range (lands in the ragged tile): NaN
     labels[5] = CLASSES - 1                      # the last class, in the ragged tile
-    with _pallas.interpreted(kernel):
+    with _kernel(kernel):
         got = np.asarray(jax.jit(lambda a, y: jaxdiv.cross_entropy_with_integer_labels(
             a, y, implementation="pallas"))(x, labels))
     with np.errstate(all="ignore"):
@@ -141,7 +151,7 @@ def test_kl_gradients_match_float64_closed_forms(kernel, rng, small_tiles):
     p[2, ::3] = -np.inf
     p[6, -2] = 40.0
     p[8] = 1.0
-    with _pallas.interpreted(kernel):
+    with _kernel(kernel):
         dp, dq = jax.jit(jax.grad(lambda a, b: jaxdiv.kl_divergence(
             a, b, implementation="pallas").sum(), (0, 1)))(p, q)
     want_dp, want_dq = _kl_gradients_f64(_f64(p), _f64(q))
@@ -195,7 +205,7 @@ def test_kernel_values_and_gradients(name, kernel, rng, small_tiles):
         return values, pullback(jnp.where(jnp.isfinite(values), weights, 0.0).astype(values.dtype))
 
     xla, xla_grads = jax.jit(values_and_grads)(p, q)
-    with _pallas.interpreted(kernel):
+    with _kernel(kernel):
         got, got_grads = jax.jit(lambda a, b: values_and_grads(a, b, implementation="pallas"))(p, q)
     if name in VALUES:
         _check_values(name, p, q, got, xla)
@@ -219,11 +229,13 @@ def test_bfloat16_is_read_as_stored_and_accumulated_in_float32(kernel, rng, smal
     q = (3 * rng.standard_normal((ROWS, CLASSES))).astype(jnp.bfloat16)
     fn = jax.jit(jax.value_and_grad(lambda a, b: jaxdiv.kl_divergence(
         a, b, implementation="pallas").sum(), (0, 1)))
-    with _pallas.interpreted(kernel):
+    with _kernel(kernel):
         calls = _pallas_calls(jax.make_jaxpr(fn)(p, q).jaxpr)
         value, grads = fn(p, q)
     # The kernel takes the bfloat16 arrays themselves: no float32 copy is made first.
-    assert [[v.aval.dtype for v in eqn.invars] for eqn in calls] == [[jnp.bfloat16] * 2]
+    # (Compiled, the call sits in a branch per platform: the lowering tests read it.)
+    if kernel != "gpu":
+        assert [[v.aval.dtype for v in eqn.invars] for eqn in calls] == [[jnp.bfloat16] * 2]
     want = reference.kl(_f64(p.astype(np.float32)), _f64(q.astype(np.float32))).sum()
     assert abs(float(value) - want) <= 1e-5 * abs(want)
     assert all(g.dtype == jnp.bfloat16 for g in grads)
@@ -289,6 +301,7 @@ def test_lowers_to_one_kernel_per_pass_on_gpu_and_tpu(name, platform, call):
     assert "stablehlo.while" not in text
 
 
+@pytest.mark.skipif(ON_GPU, reason="on a GPU the Triton kernel runs")
 def test_the_cpu_runs_the_xla_path_and_float64_falls_through(rng):
     p, q = rng.standard_normal((2, 4, 9)).astype(np.float32)
     text = _lowered(lambda a, b: jaxdiv.kl_divergence(a, b, implementation="pallas"), p, q,
@@ -363,7 +376,7 @@ def test_softmax_cross_entropy_options_match_the_xla_path(options, kernel, rng, 
         return jnp.sum(value), (value, aux)
 
     (_, want), want_grad = jax.value_and_grad(loss, has_aux=True)(logits)
-    with _pallas.interpreted(kernel):
+    with _kernel(kernel):
         (_, got), got_grad = jax.jit(jax.value_and_grad(
             lambda x: loss(x, implementation="pallas"), has_aux=True))(logits)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
@@ -386,7 +399,7 @@ def test_distillation_with_a_learned_temperature_matches_the_xla_path(kind, kern
                                         teacher_gradient=True, **k)
 
     want = jax.value_and_grad(loss, (0, 1, 2))(student, teacher, 2.5)
-    with _pallas.interpreted(kernel):
+    with _kernel(kernel):
         got = jax.jit(jax.value_and_grad(
             lambda s, t, T: loss(s, t, T, implementation="pallas"), (0, 1, 2)))(student, teacher, 2.5)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
@@ -439,7 +452,7 @@ def test_family_kernel_values_and_gradients(name, kernel, rng, small_tiles):
         values, pullback = jax.vjp(lambda a, b: fn(a, b, **k), a, b)
         return values, pullback(jnp.where(jnp.isfinite(values), weights, 0.0).astype(values.dtype))
 
-    with _pallas.interpreted(kernel):
+    with _kernel(kernel):
         got, got_grads = jax.jit(lambda a, b: values_and_grads(a, b, implementation="pallas"))(p, q)
     xla, xla_grads = jax.jit(values_and_grads)(p, q)
     with np.errstate(all="ignore"):
@@ -470,7 +483,7 @@ def test_vmap_folds_the_mapped_axis_into_rows(kernel, rng, small_tiles):
         return value, jax.grad(lambda a, b: jaxdiv.js_divergence(a, b, **k).sum(), (0, 1))(a, b)
 
     want = jax.vmap(both)(p, q, labels)
-    with _pallas.interpreted(kernel):
+    with _kernel(kernel):
         # q and the labels mapped, p shared: unmapped inputs are broadcast first.
         got = jax.jit(jax.vmap(lambda b, y: both(p[0], b, y, implementation="pallas")))(q, labels)
         want = jax.vmap(lambda b, y: both(p[0], b, y))(q, labels)
@@ -500,21 +513,25 @@ def test_class_masks_match_the_xla_path(kernel, rng, small_tiles):
         return values, pullback(jnp.where(jnp.isfinite(values), 1.0, 0.0))
 
     want = jax.jit(both)(p, q)
-    with _pallas.interpreted(kernel):
+    with _kernel(kernel):
         got = jax.jit(lambda a, b: both(a, b, implementation="pallas"))(p, q)
     _both_nan_or_close(got[0], want[0], 2e-5)
+    # A gradient is P times (log ratio - KL): where both are ~200 (row 14 here) the
+    # value's float32 rounding, a few ulp of |value|, is all of the difference
+    # (compiled for a GPU, one element moved by 1e-5 = 0.7 ulp of its KL).
+    ulps = 4 * np.finfo(np.float32).eps * np.abs(np.nan_to_num(np.asarray(want[0])))[:, None]
     for g, w in zip(got[1], want[1]):
         g, w = np.asarray(g), np.asarray(w)
         assert np.all(g[~where] == 0.0) and not np.isnan(g).any()
         ok = ~np.isnan(w).any(-1)
-        np.testing.assert_allclose(g[ok], w[ok], rtol=1e-5, atol=2e-6)
+        assert np.all(np.abs(g - w)[ok] <= (1e-5 * np.abs(w) + 2e-6 + ulps)[ok])
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_ragged_row_blocks(kernel, rng, monkeypatch):
     """Blocks of 8 rows over 21 rows of 5 classes: the last block runs past the
     batch (Triton masks it, Mosaic drops its rows); its padding must not leak."""
-    monkeypatch.setattr(_pallas, "_TRITON_TILE", 64)
+    monkeypatch.setattr(_pallas, "_TRITON_TILE", 128)
     monkeypatch.setattr(_pallas, "_TPU_ROWS", 8)
     p, q = (3 * rng.standard_normal((2, 21, 5))).astype(np.float32)
     p[20, 1] = np.nan                        # the last row, in the ragged block
@@ -524,7 +541,7 @@ def test_ragged_row_blocks(kernel, rng, monkeypatch):
         return (jaxdiv.kl_divergence(a, b, **k), jaxdiv.js_divergence(a, b, **k),
                 jaxdiv.cross_entropy_with_integer_labels(b, labels, **k))
 
-    with _pallas.interpreted(kernel):
+    with _kernel(kernel):
         got = jax.jit(lambda a, b: values(a, b, implementation="pallas"))(p, q)
     for g, w in zip(got, values(p, q)):
         _both_nan_or_close(g, w, 2e-6)
