@@ -23,14 +23,37 @@ def _venv_python(venv: Path) -> Path:
     return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def ensure_venv(venv: Path = VENV, constraints: Path | None = None) -> None:
+def _has(modules: tuple) -> bool:
+    """Whether this interpreter imports ``modules`` and has a jax the project supports."""
+    import importlib.metadata
+    import importlib.util
+
+    if not modules or any(importlib.util.find_spec(m) is None for m in modules):
+        return False
+    try:
+        version = importlib.metadata.version("jax")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    major, minor = (int(v) for v in version.split(".")[:2])
+    return (major, minor) >= JAX_FLOOR
+
+
+JAX_FLOOR = (0, 10)   # pyproject.toml's jax>=0.10.0
+
+
+def ensure_venv(venv: Path = VENV, constraints: Path | None = None, accept: tuple = ()) -> None:
     """Run the calling script inside ``venv``, creating and filling it if needed.
 
     ``constraints``: a pip constraints file (``tests/floors.txt``: the oldest
-    supported versions) applied to the install.
+    supported versions) applied to the install. ``accept``: modules with which
+    the current interpreter will do as it is (a GPU or TPU machine's own jax
+    rather than a new environment's CPU one).
     """
     python = _venv_python(venv)
     if Path(sys.prefix).resolve() == venv.resolve():
+        return
+    if constraints is None and _has(accept):
+        print(f"[jaxdiv] using {sys.executable}'s packages", flush=True)
         return
     pins = constraints.read_bytes() if constraints else b""
     wanted = hashlib.sha256(

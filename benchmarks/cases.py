@@ -5,9 +5,13 @@ A case is a kernel (one public jaxdiv quantity), an implementation, a mode
 a shape and a dtype. Implementations:
 
 * ``jaxdiv``;
+* ``pallas``: jaxdiv with ``implementation="pallas"`` (on a GPU or TPU only: on
+  the CPU that path is the XLA one), for the kernels that take it;
 * ``optax``: optax's composition where optax has the quantity, or ``jax``: the
   same formula hand-written in JAX where it has not (see ``baselines.py``);
 * ``torch``: PyTorch, when it is installed (CPU build on a CPU, CUDA on a GPU);
+* ``liger``: Liger-Kernel's Triton kernels, when installed and on a GPU (see
+  ``torch_baselines.LIGER``: the kernels and modes it has);
 * ``numpy``: the textbook formula in float32 NumPy; ``scipy`` where SciPy has
   the quantity (forward only, float32 inputs only);
 * ``roofline``: a jitted pass that reads the inputs once with the minimum
@@ -25,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
+import inspect
 import math
 import operator
 import statistics
@@ -53,17 +58,19 @@ class Kernel:
     exps: int                  # the minimum number of exp per element (roofline)
     elementwise: bool = False  # one value per element rather than per row
     note: str = ""
+    pallas: Optional[Callable] = None   # jaxdiv with implementation="pallas", where it takes it
 
 
-def _ce_options(logits, labels):
+def _ce_options(logits, labels, implementation="xla"):
     return jaxdiv.losses.softmax_cross_entropy(
         logits, labels, ignore_index=b.IGNORE, label_smoothing=b.SMOOTHING, z_loss=b.Z_LOSS,
-        reduction="none",
+        reduction="none", implementation=implementation,
     )
 
 
-def _distill(student, teacher):
-    return jaxdiv.losses.distillation_loss(student, teacher, temperature=b.TEMPERATURE, reduction="none")
+def _distill(student, teacher, implementation="xla"):
+    return jaxdiv.losses.distillation_loss(student, teacher, temperature=b.TEMPERATURE,
+                                           reduction="none", implementation=implementation)
 
 
 def _renyi(p, q):
@@ -110,7 +117,10 @@ def _reference(name):
 
 
 def _kernel(name, jaxdiv_fn, baselines, inputs, grad_argnums, exps, **kw):
-    return Kernel(name, jaxdiv_fn, baselines, inputs, _reference(name), grad_argnums, exps, **kw)
+    takes = "implementation" in inspect.signature(jaxdiv_fn).parameters
+    pallas = functools.partial(jaxdiv_fn, implementation="pallas") if takes else None
+    return Kernel(name, jaxdiv_fn, baselines, inputs, _reference(name), grad_argnums, exps,
+                  pallas=pallas, **kw)
 
 
 KERNELS: dict[str, Kernel] = {k.name: k for k in (
@@ -153,11 +163,17 @@ KERNELS: dict[str, Kernel] = {k.name: k for k in (
 # The kernels swept over sizes and dtypes by default.
 SWEEP_KERNELS = ("kl", "ce_labels", "gaussian_kl")
 HOST_IMPLS = ("numpy", "scipy")
-IMPLS = ("jaxdiv", "optax", "jax", "torch", "numpy", "scipy", "roofline")
-BASELINES = ("optax", "jax", "torch", "numpy", "scipy")
-LABEL = {"jaxdiv": "jaxdiv", "optax": "optax", "jax": "hand-written JAX", "torch": "PyTorch",
+IMPLS = ("jaxdiv", "pallas", "optax", "jax", "torch", "liger", "numpy", "scipy", "roofline")
+BASELINES = ("optax", "jax", "torch", "liger", "numpy", "scipy")
+LABEL = {"jaxdiv": "jaxdiv", "pallas": "jaxdiv (Pallas)", "optax": "optax",
+         "jax": "hand-written JAX", "torch": "PyTorch", "liger": "Liger-Kernel",
          "numpy": "naive NumPy", "scipy": "SciPy", "roofline": "roofline proxy"}
 MODES = ("fwd", "fwd+bwd")
+
+# The kernels and modes Liger-Kernel has (its KL and JSD give the gradient of
+# their first argument only, so no value+grad of both distributions).
+LIGER_MODES = {"kl": ("fwd",), "js": ("fwd",), "ce_labels": MODES, "ce_options": MODES,
+               "distill": MODES}
 
 # NumPy and SciPy take ~10 s per call beyond this many elements: skipped there.
 HOST_MAX_ELEMENTS = 1 << 28
@@ -167,13 +183,22 @@ def torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
+def _accelerator() -> bool:
+    return jax.default_backend() in ("gpu", "tpu")
+
+
 def available(kernel: str, impl: str, mode: str, dtype: str = "float32", elements: int = 0) -> bool:
     """Whether a case exists: host baselines are float32, forward only and not too large."""
     spec = KERNELS[kernel]
     if impl in ("jaxdiv", "roofline"):
         return True
+    if impl == "pallas":
+        return spec.pallas is not None and _accelerator()
     if impl == "torch":
         return torch_available()
+    if impl == "liger":
+        return (mode in LIGER_MODES.get(kernel, ()) and jax.default_backend() == "gpu"
+                and importlib.util.find_spec("liger_kernel") is not None and torch_available())
     if impl not in spec.baselines:
         return False
     if impl in HOST_IMPLS:
@@ -236,6 +261,12 @@ class Inputs:
 
         if ("torch", i) not in self._host:
             def convert(a):
+                if device == "cuda":
+                    # On the GPU already: a copy there, not a round trip through the host
+                    # (gigabytes at the accelerator sizes). A copy, as Liger's
+                    # cross-entropy writes its gradient into its input.
+                    tensor = torch.from_dlpack(a).clone()
+                    return tensor.long() if jnp.issubdtype(a.dtype, jnp.integer) else tensor
                 if jnp.issubdtype(a.dtype, jnp.integer):
                     return torch.from_numpy(np.array(a, np.int64)).to(device)
                 tensor = torch.from_numpy(np.array(a, np.float32))
@@ -301,7 +332,7 @@ def jax_function(kernel: str, impl: str, mode: str) -> Callable:
     if impl == "roofline":
         return roofline(kernel, mode)
     spec = KERNELS[kernel]
-    f = spec.jaxdiv if impl == "jaxdiv" else spec.baselines[impl]
+    f = {"jaxdiv": spec.jaxdiv, "pallas": spec.pallas}.get(impl) or spec.baselines[impl]
     if mode == "fwd":
         return f
     return jax.value_and_grad(lambda *a: jnp.sum(f(*a)), argnums=spec.grad_argnums)
@@ -339,12 +370,13 @@ def _torch_device() -> str:
     return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
 
 
-def _torch_calls(kernel: str, mode: str, inputs: Inputs) -> Prepared:
+def _torch_calls(kernel: str, mode: str, inputs: Inputs, liger: bool = False) -> Prepared:
     import torch
 
     from benchmarks import torch_baselines
 
-    f = getattr(torch_baselines, kernel)   # PyTorch's version has the kernel's name
+    # PyTorch's (and Liger's) version has the kernel's name
+    f = getattr(torch_baselines.liger() if liger else torch_baselines, kernel)
     device = _torch_device()
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     calls = []
@@ -382,8 +414,8 @@ def prepare(kernel: str, impl: str, mode: str, inputs: Inputs) -> Optional[Prepa
         return Prepared(
             [lambda i=i: f(*inputs.numpy(i)) for i in range(len(inputs.args))], host=True
         )
-    if impl == "torch":
-        return _torch_calls(kernel, mode, inputs)
+    if impl in ("torch", "liger"):
+        return _torch_calls(kernel, mode, inputs, liger=impl == "liger")
     compiled = jax.jit(jax_function(kernel, impl, mode)).lower(*inputs.args[0]).compile()
     stats = compiled.memory_analysis()
     prepared = Prepared([
@@ -403,6 +435,14 @@ class Timing:
     seconds: float   # median
     calls: int       # timed calls
     peak_bytes: Optional[int] = None
+
+
+def release_torch_memory() -> None:
+    """Hand PyTorch's cached GPU blocks back, for JAX's next inputs and temporaries."""
+    if torch_available() and _torch_device() == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
 
 
 def out_of_memory(error: Exception) -> bool:
@@ -448,19 +488,26 @@ def measure(prepared: Prepared, min_calls: int = 3, budget: float = 1.5,
     return Timing(statistics.median(times), n, peak if peak is not None else prepared.peak_bytes)
 
 
-def copy_bandwidth(elements: int = 1 << 27, calls: int = 7) -> float:
+def copy_bandwidth(elements: Optional[int] = None, calls: int = 7) -> float:
     """Bytes per second of a jitted device-to-device copy (read once, write once), float32.
 
     The output reuses the input's buffer (donated), so the figure is streaming
-    bandwidth, not the cost of faulting in fresh pages on a CPU.
+    bandwidth, not the cost of faulting in fresh pages on a CPU. On a GPU or
+    TPU the array is 4 GiB and ten copies are queued per timing: a 512 MiB copy
+    lasts a quarter of a millisecond on an H200, the same order as one call's
+    dispatch and synchronisation, and measured 1.6 TB/s of its 4.3.
     """
+    queued = 10 if _accelerator() else 1
+    elements = elements or ((1 << 30) if _accelerator() else (1 << 27))
     step = jax.jit(lambda a: a + 1.0, donate_argnums=0)
     x = jax.block_until_ready(step(jnp.zeros((elements,), jnp.float32)))
     times = []
     for _ in range(calls):
         start = time.perf_counter()
-        x = jax.block_until_ready(step(x))
-        times.append(time.perf_counter() - start)
+        for _ in range(queued):
+            x = step(x)
+        x = jax.block_until_ready(x)
+        times.append((time.perf_counter() - start) / queued)
     return 2 * elements * 4 / statistics.median(times)
 
 
@@ -518,20 +565,21 @@ def evaluate(kernel: str, impl: str, args: tuple, dtype: str = "float32") -> np.
     if impl in HOST_IMPLS:
         with np.errstate(all="ignore"):   # the textbook formulas' overflows are what is measured
             return np.asarray(spec.baselines[impl](*args), np.float64)
-    if impl == "torch":
+    if impl in ("torch", "liger"):
         import torch
 
         from benchmarks import torch_baselines
 
-        f = getattr(torch_baselines, kernel)
+        f = getattr(torch_baselines.liger() if impl == "liger" else torch_baselines, kernel)
+        device = _torch_device()
         tensors = [
-            torch.from_numpy(np.asarray(a, np.int64)) if np.issubdtype(a.dtype, np.integer)
-            else torch.from_numpy(np.array(a)).to(getattr(torch, dtype))
+            torch.from_numpy(np.asarray(a, np.int64)).to(device) if np.issubdtype(a.dtype, np.integer)
+            else torch.from_numpy(np.array(a)).to(device=device, dtype=getattr(torch, dtype))
             for a in args
         ]
         with torch.inference_mode():
-            return f(*tensors).float().numpy().astype(np.float64)
-    f = spec.jaxdiv if impl == "jaxdiv" else spec.baselines[impl]
+            return f(*tensors).float().cpu().numpy().astype(np.float64)
+    f = {"jaxdiv": spec.jaxdiv, "pallas": spec.pallas}.get(impl) or spec.baselines[impl]
     cast = [a if np.issubdtype(a.dtype, np.integer) else jnp.asarray(a, dtype) for a in args]
     return np.asarray(jnp.asarray(jax.jit(f)(*cast), jnp.float32), np.float64)
 
@@ -544,6 +592,8 @@ def relative_error(kernel: str, impl: str, regime: str, dtype: str = "float32",
     args = accuracy_inputs(kernel, regime, dtype, **shape)
     want = np.asarray(KERNELS[kernel].reference(*args), np.float64)
     got = evaluate(kernel, impl, args, dtype)
+    if got.ndim == 0:   # Liger's KL and JSD return the batch's sum: the error is the sum's
+        want = want.sum()
     counted = want != 0   # ignored positions are 0 in every implementation
     with np.errstate(invalid="ignore"):
         err = np.abs(got - want)[counted] / np.abs(want[counted])

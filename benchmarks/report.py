@@ -30,6 +30,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# Before JAX starts: it would take 75% of a GPU's memory, leaving PyTorch's and
+# Liger's baselines too little for their temporaries at the accelerator sizes.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 # rows x classes (Gaussian: batch x latent dimensions) per device kind. On a CPU
 # every kernel runs at 1024 x 32000 (as slow per element as 4096 x 32000, and
@@ -106,14 +109,16 @@ def parse_args(argv=None):
     parser.add_argument("--linear-dtypes", nargs="+", default=None,
                         choices=["float32", "bfloat16", "float16"],
                         help="dtypes of the linear heads (default float32 on CPU, bfloat16 on GPU)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=list(cases.IMPLS) + ["materialised"],
+    parser.add_argument("--skip", nargs="*", default=None, choices=list(cases.IMPLS) + ["materialised"],
                         metavar="IMPL",
-                        help="implementations to leave out, e.g. --skip scipy torch")
+                        help="implementations to leave out, e.g. --skip scipy torch (default: none "
+                             "on a CPU; on a GPU or TPU the host's NumPy and SciPy)")
     parser.add_argument("--modes", nargs="+", default=list(cases.MODES), choices=list(cases.MODES))
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "tpu"])
     parser.add_argument("--repeats", type=int, default=3, help="minimum timed calls per case (median)")
-    parser.add_argument("--budget", type=float, default=1.5,
-                        help="seconds of timed calls per case before stopping at the minimum")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds of timed calls per case before stopping at the minimum "
+                             "(default 1.5 on a CPU, 0.3 on a GPU or TPU: milliseconds per call)")
     parser.add_argument("--quick", action="store_true", help="small sizes, 2 calls: a smoke run")
     parser.add_argument("--no-accuracy", action="store_true")
     parser.add_argument("--no-plots", action="store_true")
@@ -204,6 +209,13 @@ def run(args, argv=None) -> dict:
         platform_name = select_device(args.device)
     except RuntimeError as error:
         raise SystemExit(f"--device {args.device}: JAX cannot use it here ({error})")
+    on_accelerator = platform_name in ("gpu", "tpu")
+    if args.budget is None:
+        args.budget = 0.3 if on_accelerator else 1.5
+    if args.skip is None:
+        # Seconds per call on the host against milliseconds on the device: they would
+        # take most of the run and say little (the CPU report has them).
+        args.skip = list(cases.HOST_IMPLS) if on_accelerator else []
     entries = plan(args, platform_name)
     linear_entries = linear_plan(args, platform_name)
     info = machine()
@@ -223,12 +235,12 @@ def run(args, argv=None) -> dict:
                     prepared = cases.prepare(kernel, impl, mode, inputs)
                     timing = prepared and cases.measure(prepared, args.repeats, args.budget)
                 except Exception as error:
-                    if not cases.out_of_memory(error):
-                        raise
-                    # One case too large for the device does not end the run.
+                    # One case too large for the device, or failing in a baseline's
+                    # library, does not end the run: it is listed as not measured.
+                    reason = failure(error)
                     skipped.append({"kernel": kernel, "shape": list(shape), "dtype": dtype,
-                                    "mode": mode, "impl": impl, "reason": "out of memory"})
-                    print("out of memory", flush=True)
+                                    "mode": mode, "impl": impl, "reason": reason})
+                    print(reason, flush=True)
                     continue
                 if prepared is None:
                     print("n/a", flush=True)
@@ -245,14 +257,23 @@ def run(args, argv=None) -> dict:
                 if mode == "fwd" and not args.no_accuracy:
                     # on fixed 64 x 4096 inputs: computed once per kernel, dtype and impl
                     if (kernel, dtype, impl) not in accuracy:
-                        accuracy[kernel, dtype, impl] = {
-                            f"rel_err_{regime}": cases.relative_error(kernel, impl, regime, dtype)
-                            for regime in ("ordinary", "near")
-                        }
+                        try:
+                            accuracy[kernel, dtype, impl] = {
+                                f"rel_err_{regime}": cases.relative_error(kernel, impl, regime, dtype)
+                                for regime in ("ordinary", "near")
+                            }
+                        except Exception as error:
+                            print(f"(accuracy: {failure(error)})", end=" ")
+                            accuracy[kernel, dtype, impl] = {}
                     row |= accuracy[kernel, dtype, impl]
                 results.append(row)
                 print(f"{timing.seconds * 1e3:10.2f} ms  ({timing.calls} calls)", flush=True)
+            # What has been measured survives a run cut short (a lease that ends).
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "results.partial.json").write_text(
+                json.dumps({"results": results, "skipped": skipped}, indent=1))
         del inputs
+        cases.release_torch_memory()
     add_ratios(results)
     linear = run_linear(args, linear_entries, skipped)
     sweep = [] if args.no_accuracy else cases.kl_accuracy_sweep()
@@ -268,6 +289,16 @@ def run(args, argv=None) -> dict:
         "skipped": skipped,
         "kl_accuracy_sweep": sweep,
     }
+
+
+def failure(error: Exception) -> str:
+    """One line saying why a case was not measured."""
+    from benchmarks import cases
+
+    if cases.out_of_memory(error):
+        return "out of memory"
+    first = (str(error).strip().splitlines() or [""])[0]
+    return f"failed: {type(error).__name__}: {first[:200]}"
 
 
 def linear_plan(args, platform_name: str) -> list[tuple]:
@@ -296,11 +327,10 @@ def run_linear(args, entries, skipped) -> list[dict]:
                 prepared = linear_heads.prepare_linear(kernel, impl, "fwd+bwd", inputs)
                 timing = cases.measure(prepared, args.repeats, args.budget)
             except Exception as error:
-                if not cases.out_of_memory(error):
-                    raise
+                reason = failure(error)
                 skipped.append({"kernel": kernel, "shape": list(shape), "dtype": dtype,
-                                "mode": "fwd+bwd", "impl": impl, "reason": "out of memory"})
-                print("out of memory", flush=True)
+                                "mode": "fwd+bwd", "impl": impl, "reason": reason})
+                print(reason, flush=True)
                 continue
             row = {"kernel": kernel, "shape": list(shape), "dtype": dtype, "mode": "fwd+bwd",
                    "impl": impl, "seconds": timing.seconds, "calls": timing.calls,
@@ -328,12 +358,21 @@ def _case_key(r) -> tuple:
 
 
 def add_ratios(results) -> None:
-    """speedup = time(baseline) / time(jaxdiv) (> 1: jaxdiv is faster); vs_roofline = time / roofline."""
+    """speedup = time(baseline) / time(jaxdiv) (> 1: jaxdiv is faster); vs_roofline = time / roofline.
+
+    The Pallas path's row has ``vs_xla`` = time(jaxdiv) / time(Pallas) (> 1: Pallas is
+    faster) instead, and each baseline a ``pallas_speedup`` = time(baseline) / time(Pallas).
+    """
     by_case = {(*_case_key(r), r["impl"]): r for r in results}
     for r in results:
         ours = by_case.get((*_case_key(r), "jaxdiv"))
-        if ours and r["impl"] != "jaxdiv":
+        pallas = by_case.get((*_case_key(r), "pallas"))
+        if ours and r["impl"] == "pallas":
+            r["vs_xla"] = ours["seconds"] / r["seconds"]
+        elif ours and r["impl"] != "jaxdiv":
             r["speedup"] = r["seconds"] / ours["seconds"]
+        if pallas and r["impl"] not in ("jaxdiv", "pallas"):
+            r["pallas_speedup"] = r["seconds"] / pallas["seconds"]
         roof = by_case.get((*_case_key(r), "roofline"))
         if roof and r["impl"] != "roofline":
             r["vs_roofline"] = r["seconds"] / roof["seconds"]
@@ -395,6 +434,7 @@ def targets(report) -> list[str]:
                 f"fused linear CE ({shape}): time {r['time_vs_materialised']:.2f}x the materialised "
                 f"loss, temp memory {100 * r.get('temp_vs_materialised', float('nan')):.1f}% of it{goal}"
             )
+    lines += pallas_targets(report)
     ahead, behind = [], []
     for kernel, shape, dtype in main_entries(report):
         for mode in ("fwd", "fwd+bwd"):
@@ -406,6 +446,59 @@ def targets(report) -> list[str]:
     if ahead or behind:
         lines.append("jaxdiv ahead of optax / hand-written JAX / SciPy: " + (", ".join(ahead) or "none"))
         lines.append("jaxdiv behind: " + (", ".join(behind) or "none"))
+    return lines
+
+
+def pallas_targets(report) -> list[str]:
+    """The one-pass kernels' GPU targets, at every size they ran: the KL and cross-entropy
+    forwards at >= 80% of the copy's bandwidth, and ahead of the XLA path, PyTorch and Liger."""
+    idx = _index(report)
+    lines = []
+    for r in report["results"]:
+        if r["impl"] != "pallas" or r["kernel"] not in ("kl", "ce_labels", "ce_soft"):
+            continue
+        key = _case_key(r)
+        others = [f"{name} {idx[(*key, impl)]['pallas_speedup']:.2f}x"
+                  for impl, name in (("torch", "PyTorch"), ("liger", "Liger"), ("optax", "optax"))
+                  if "pallas_speedup" in idx.get((*key, impl), {})]
+        goal = " (target >= 80%)" if r["mode"] == "fwd" else ""
+        lines.append(
+            f"{r['kernel']} {r['mode']} {r['shape'][0]}x{r['shape'][1]} {r['dtype']}, Pallas: "
+            f"{100 * r['copy_fraction']:.0f}% of the copy's bandwidth{goal}; "
+            f"{r['vs_xla']:.2f}x the XLA path's speed"
+            + ("; speed-up against " + ", ".join(others) if others else "")
+        )
+    return lines
+
+
+def pallas_table(report) -> list[str]:
+    """Every case the Pallas path ran: its time, bandwidth and speed against the others."""
+    idx = _index(report)
+    rows = [r for r in report["results"] if r["impl"] == "pallas"]
+    if not rows:
+        return []
+    lines = [
+        "| kernel | shape | mode | Pallas | bandwidth (of copy) | vs jaxdiv XLA | vs optax / JAX "
+        "| vs PyTorch | vs Liger | temp memory | rel. err. ordinary / nearly equal |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        key = _case_key(r)
+
+        def ratio(*impls):
+            for impl in impls:
+                other = idx.get((*key, impl), {})
+                if "pallas_speedup" in other:
+                    return f"{other['pallas_speedup']:.2f}x"
+            return "-"
+
+        lines.append(
+            f"| {r['kernel']} | {r['shape'][0]}x{r['shape'][1]} {r['dtype']} | {r['mode']} "
+            f"| {_ms(r['seconds'])} | {r['bandwidth'] / 1e9:.0f} GB/s ({100 * r['copy_fraction']:.0f}%) "
+            f"| {r['vs_xla']:.2f}x | {ratio('optax', 'jax')} | {ratio('torch')} | {ratio('liger')} "
+            f"| {_mib(r['temp_bytes'])} | {_fmt(r.get('rel_err_ordinary'), '.1e')} / "
+            f"{_fmt(r.get('rel_err_near'), '.1e')} |"
+        )
     return lines
 
 
@@ -460,7 +553,8 @@ def full_table(report) -> list[str]:
         lines.append(
             f"| {r['kernel']} | {r['shape'][0]}x{r['shape'][1]} | {r['dtype']} | {r['mode']} "
             f"| {cases.LABEL[r['impl']]} | {_ms(r['seconds'])} | {r['calls']} "
-            f"| {_fmt(r.get('speedup'), '.2f')}x | {_fmt(r.get('vs_roofline'), '.2f')}x "
+            f"| {_fmt(r.get('speedup', r.get('vs_xla') and 1 / r['vs_xla']), '.2f')}x "
+            f"| {_fmt(r.get('vs_roofline'), '.2f')}x "
             f"| {r['bandwidth'] / 1e9:.1f} GB/s ({100 * r['copy_fraction']:.0f}%) | {temp_s} "
             f"| {_mib(r.get('peak_bytes'))} | {_fmt(r.get('rel_err_ordinary'), '.1e')} "
             f"| {_fmt(r.get('rel_err_near'), '.1e')} |"
@@ -529,6 +623,9 @@ def markdown(report) -> str:
         "",
         *summary_table(report),
         "",
+        *(["## The one-pass Pallas kernels", "", "speed-ups are the other's time / the Pallas "
+            "path's (> 1: Pallas is faster).", "", *pallas_table(report), ""]
+          if pallas_table(report) else []),
         "## Every case",
         "",
         *full_table(report),
@@ -604,6 +701,10 @@ def main(argv=None):
         written += plots.write_all(report, args.out)
     print(console_summary(report))
     print("written: " + ", ".join(str(p) for p in written))
+    failed = [c for c in report["skipped"] if c["reason"].startswith("failed")]
+    if failed:
+        # Measured cases are written; a failure still fails the command.
+        raise SystemExit(f"{len(failed)} case(s) failed: see 'not measured' in {args.out / 'results.md'}")
 
 
 if __name__ == "__main__":
@@ -616,7 +717,8 @@ if __name__ == "__main__":
         sys.exit(0)
     from benchmarks._env import ensure_venv
 
-    ensure_venv()
+    # A Python that has jax and the report's packages already (a GPU machine's) runs it as is.
+    ensure_venv(accept=("jax", "numpy", "optax", "scipy", "matplotlib"))
     if "--many-devices" in sys.argv[1:]:
         from benchmarks import many_devices
 

@@ -3,11 +3,14 @@
 Each function takes ``torch.Tensor`` arguments in the order of the jaxdiv
 kernel of the same name and mirrors ``baselines.py``: ``torch.nn.functional``
 where it has the loss, the textbook formula on ``log_softmax`` otherwise.
+:func:`liger` gives the same for Liger-Kernel, as its users call it.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import types
 
 import torch
 import torch.nn.functional as F
@@ -77,3 +80,37 @@ def bce(logits, labels):
 def kl_penalty(log_probs, ref_log_probs):
     r = ref_log_probs - log_probs
     return r.exp() - 1 - r
+
+
+@functools.cache
+def liger() -> types.SimpleNamespace:
+    """Liger-Kernel's versions (a GPU and ``liger_kernel`` needed) of the kernels it has.
+
+    Its KL and JSD take log-probabilities, so they run after PyTorch's
+    ``log_softmax`` as its users call them, and return the batch's sum (KL:
+    ``reduction="sum"``; JSD returns the mean over rows). Its cross-entropy
+    returns one value per row and computes its gradient in the forward pass.
+    """
+    from liger_kernel.transformers import functional as L
+
+    def kl(p_logits, q_logits):
+        return L.liger_kl_div(F.log_softmax(q_logits, -1), F.log_softmax(p_logits, -1),
+                              reduction="sum", log_target=True)
+
+    def js(p_logits, q_logits):
+        rows = p_logits.shape[0]
+        return L.liger_jsd(F.log_softmax(q_logits, -1), F.log_softmax(p_logits, -1), beta=0.5) * rows
+
+    def ce_labels(logits, labels):
+        return L.liger_cross_entropy(logits, labels, reduction="none")
+
+    def ce_options(logits, labels):
+        return L.liger_cross_entropy(logits, labels, ignore_index=IGNORE, label_smoothing=SMOOTHING,
+                                     lse_square_scale=Z_LOSS, reduction="none")
+
+    def distill(student, teacher):
+        t = TEMPERATURE
+        return kl(teacher / t, student / t) * t**2
+
+    return types.SimpleNamespace(kl=kl, js=js, ce_labels=ce_labels, ce_options=ce_options,
+                                 distill=distill)

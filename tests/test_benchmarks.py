@@ -150,10 +150,13 @@ def test_a_case_out_of_memory_is_recorded_and_the_run_goes_on(tmp_path, monkeypa
         {"torch"} if cases.torch_available() else set())
     assert [c["impl"] for c in data["skipped"]] == ["numpy"]
     assert "not measured: tv 4x8 float32 fwd naive NumPy (out of memory)" in (tmp_path / "results.md").read_text()
+    # Any other failure is listed too, the other cases are still measured and
+    # written, and the command exits non-zero.
     monkeypatch.setattr(cases, "measure", lambda *a: (_ for _ in ()).throw(ValueError("a bug")))
-    with pytest.raises(ValueError):
+    with pytest.raises(SystemExit, match="case.s. failed"):
         report.main(["--quick", "--kernels", "tv", "--size", "4x8", "--no-accuracy", "--no-plots",
                      "--linear-sizes", "--out", str(tmp_path)])
+    assert "(failed: ValueError: a bug)" in (tmp_path / "results.md").read_text()
 
 
 def test_rotation_copies_leave_the_cache_and_spare_huge_inputs():
@@ -197,3 +200,23 @@ def test_linear_plans():
     assert report.linear_plan(report.parse_args(["--linear-sizes"]), "cpu") == []
     with pytest.raises(SystemExit):
         report.parse_args(["--linear-sizes", "8192x1024"])
+
+
+def test_the_pallas_and_liger_cases_exist_on_accelerators_only(monkeypatch):
+    """On the CPU the Pallas path is the XLA one (nothing to time) and Liger needs CUDA."""
+    assert not cases.available("kl", "pallas", "fwd") and not cases.available("kl", "liger", "fwd")
+    monkeypatch.setattr(cases, "_accelerator", lambda: True)
+    assert cases.available("kl", "pallas", "fwd") and cases.available("ce_options", "pallas", "fwd+bwd")
+    assert not cases.available("renyi", "pallas", "fwd")        # no kernel: no case
+    p, q = cases.make_inputs("kl", (4, 300), copies=1).args[0]
+    text = jax.jit(cases.jax_function("kl", "pallas", "fwd")).trace(p, q).lower(
+        lowering_platforms=("cuda",)).as_text()
+    assert "__gpu$xla.gpu.triton" in text
+
+
+def test_a_python_with_jax_and_the_packages_runs_the_report_as_is():
+    """A GPU machine's own jax is used rather than a new environment's CPU one."""
+    from benchmarks import _env
+
+    assert _env._has(("jax", "numpy"))
+    assert not _env._has(("jax", "no_such_module_here")) and not _env._has(())
