@@ -220,3 +220,16 @@ def test_a_python_with_jax_and_the_packages_runs_the_report_as_is():
 
     assert _env._has(("jax", "numpy"))
     assert not _env._has(("jax", "no_such_module_here")) and not _env._has(())
+
+
+def test_triton_tiles_sets_the_kernel_tiles_and_restores_them():
+    from benchmarks import triton_tiles
+    from jaxdiv import _pallas
+
+    assert _pallas._triton_tiles(64, 131072, 2) == (1, 2048, 4)      # the H200's choice
+    assert _pallas._triton_tiles(64, 131072, 1) == (1, 4096, 4)
+    with triton_tiles.tiles(4, 512, 8, 3, 2):
+        assert _pallas._triton_tiles(64, 131072, 2) == (4, 512, 8) and _pallas._TRITON_STAGES == 3
+    assert _pallas._triton_tiles(64, 131072, 2) == (1, 2048, 4) and _pallas._TRITON_STAGES == 1
+    with pytest.raises(SystemExit, match="needs a GPU"):
+        triton_tiles.main([])
