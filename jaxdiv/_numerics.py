@@ -373,7 +373,7 @@ def promote(x: jax.Array) -> jax.Array:
     return x
 
 
-def map_rows(fn, *arrays, linear=()):
+def map_rows(fn, *arrays, linear=(), widen=True):
     """``fn(*arrays)`` evaluated over the rows, the one execution helper of every kernel.
 
     ``fn`` maps row-major arrays whose leading dimensions are the batch (those
@@ -389,7 +389,9 @@ def map_rows(fn, *arrays, linear=()):
     loop in cache-sized blocks, 16-bit arrays carried as their bits and widened
     block by block. Either way a batch sharded over devices (along any of its
     dimensions) stays sharded: see :func:`_strided_blocks`. ``linear`` lists
-    the positions of tangents (bit casts have no transpose).
+    the positions of tangents (bit casts have no transpose). ``widen=False``
+    hands ``fn`` the arrays in their storage dtype, for an ``fn`` that widens
+    them in each pass it makes (see :func:`log_ratio`'s ``read``).
     """
     nb = arrays[0].ndim - 1
     batch = tuple(np.broadcast_shapes(*(a.shape[:nb] for a in arrays)))
@@ -412,10 +414,8 @@ def map_rows(fn, *arrays, linear=()):
     def run(xs, size):
         """``fn`` on blocks whose batch has shape ``size``."""
         it = iter(xs)
-        args = [
-            promote(next(it) if s is None else s.reshape((1,) * len(size) + s.shape[nb:]))
-            for s in shared
-        ]
+        args = [next(it) if s is None else s.reshape((1,) * len(size) + s.shape[nb:]) for s in shared]
+        args = [promote(a) for a in args] if widen else args
         out = fn(*args)
         return jax.tree.map(lambda o: jnp.broadcast_to(o, size + o.shape[len(size):]), out)
 
@@ -708,7 +708,7 @@ class LogRatio(NamedTuple):
         return self.shift_q + self.log_sum_q
 
 
-def log_ratio(p: jax.Array, q: jax.Array) -> LogRatio:
+def log_ratio(p: jax.Array, q: jax.Array, *more: jax.Array, read=None) -> LogRatio:
     r"""Row statistics that give :math:`\log P - \log Q` to full accuracy, and :math:`KL(P \| Q)`.
 
     The difference of the two log-normalisers is the delicate part: computed as
@@ -729,7 +729,16 @@ def log_ratio(p: jax.Array, q: jax.Array) -> LogRatio:
       KL = \sum P \varphi(r) - \psi(s) + \mathrm{softplus}(x),
 
     where :math:`P\varphi(r) = (e^b - e^a(1 + r)) / S_p` away from 0.
+
+    ``read(p, q, *more)``, when given, forms the logits from the arrays as
+    stored (widened, tempered, masked): on GPU and TPU every pass applies it
+    again, and only the stored arrays are held between passes. Logits formed
+    once would be a new ``[rows, C]`` array that the passes share, and XLA
+    keeps such an array in memory (bfloat16 KL on an H100: 402% of an input).
     """
+    stored = (p, q, *more)
+    read = read or (lambda *arrays: arrays[:2])
+    p, q = read(*stored)
     shift_p, shift_all = finite_or_zero(row_max(p)), finite_or_zero(row_max(q))
     if current_branch() == "cpu":
         a = p - shift_p[..., None]
@@ -745,8 +754,8 @@ def log_ratio(p: jax.Array, q: jax.Array) -> LogRatio:
     # for the whole batch (under vmap, where the condition is batched, always).
     # Both maxima end the first pass: the barrier keeps XLA from moving max q
     # into a later pass next to the reductions that also read q.
-    p, q, shift_p, shift_all = jax.lax.optimization_barrier((p, q, shift_p, shift_all))
-    stats, max_q_on = _log_ratio_given(p, q, shift_p, shift_all, None)
+    stored, shift_p, shift_all = jax.lax.optimization_barrier((stored, shift_p, shift_all))
+    stats, max_q_on = _log_ratio_given(*read(*stored), shift_p, shift_all, None)
     # (and the test for the third pass must not join the sums' per-row inputs in
     # one fusion: that would make the sums wait for max_q_on, a pass of its own)
     stats, max_q_on = jax.lax.optimization_barrier((stats, max_q_on))
@@ -756,7 +765,7 @@ def log_ratio(p: jax.Array, q: jax.Array) -> LogRatio:
     return jax.lax.cond(
         jnp.any(elsewhere),
         lambda: jax.tree.map(functools.partial(jnp.where, elsewhere),
-                             _log_ratio_given(p, q, shift_p, shift_all, max_q_on)[0], stats),
+                             _log_ratio_given(*read(*stored), shift_p, shift_all, max_q_on)[0], stats),
         lambda: stats)
 
 

@@ -114,11 +114,12 @@ def _tempered(x: Array, scale: Optional[Array], valid: Optional[Array]) -> Array
 
 
 def _tempered_stats(p: Array, q: Array, scale, valid) -> LogRatio:
-    if valid is None:
-        return map_rows(lambda a, b: log_ratio(_tempered(a, scale, None), _tempered(b, scale, None)), p, q)
-    return map_rows(
-        lambda a, b, v: log_ratio(_tempered(a, scale, v), _tempered(b, scale, v)), p, q, valid
-    )
+    def read(a, b, v=None):
+        return _tempered(promote(a), scale, v), _tempered(promote(b), scale, v)
+
+    # Stored arrays in, each pass reads them (see log_ratio's read).
+    return map_rows(lambda *xs: log_ratio(*xs, read=read), p, q, *([] if valid is None else [valid]),
+                    widen=False)
 
 
 def _scaled_kl_value(p: Array, q: Array, scale: Optional[Array], valid: Optional[Array]) -> Array:
@@ -301,11 +302,14 @@ def _kl_step(state, tiles, cols, args, classes):
 
 
 def _kl_rows(p: Array, q: Array, *args) -> LogRatio:
-    if not args:
-        return map_rows(log_ratio, p, q)
-    return map_rows(lambda a, b, c, v: log_ratio(
-        _temper_tile(a, c[..., None], v[..., None]), _temper_tile(b, c[..., None], v[..., None])),
-        p, q, *args)
+    def read(a, b, c=None, v=None):
+        a, b = promote(a), promote(b)
+        if c is None:
+            return a, b
+        c, v = promote(c)[..., None], v[..., None]
+        return _temper_tile(a, c, v), _temper_tile(b, c, v)
+
+    return map_rows(lambda *xs: log_ratio(*xs, read=read), p, q, *args, widen=False)
 
 
 def _kl_backward(arrays, args, results, cotangents):
