@@ -90,7 +90,7 @@ def parse_args(argv=None):
                              "on GPU 4096x32000)")
     parser.add_argument("--sweep", type=_size, nargs="*", default=None,
                         help="more sizes for the sweep kernels (default on CPU: 256x1024 4096x32000 "
-                             "1024x128256; on GPU also 16384x131072 8192x256000)")
+                             "1024x128256; on GPU 16384x131072 8192x128256)")
     parser.add_argument("--sweep-kernels", nargs="*", default=list(cases.SWEEP_KERNELS),
                         choices=list(cases.KERNELS), metavar="KERNEL",
                         help="kernels swept over sizes and dtypes (default: kl ce_labels gaussian_kl)")
