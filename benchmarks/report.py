@@ -694,6 +694,7 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
     (args.out / "results.md").write_text(markdown(report))
+    (args.out / "results.partial.json").unlink(missing_ok=True)   # the whole run is in results.json
     written = [args.out / "results.json", args.out / "results.md"]
     if not args.no_plots:
         from benchmarks import plots

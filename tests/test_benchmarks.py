@@ -104,6 +104,7 @@ def test_report_writes_json_markdown_and_plots(tmp_path, capsys):
                  "--out", str(tmp_path)])
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["machine"]["platform"] == "cpu" and data["copy_bandwidth"] > 0
+    assert not (tmp_path / "results.partial.json").exists()   # written as it went, gone once whole
     rows = data["results"]
     assert {r["impl"] for r in rows} >= {"jaxdiv", "optax", "jax", "numpy", "scipy", "roofline"}
     assert {(r["kernel"], tuple(r["shape"]), r["dtype"]) for r in rows} >= {
