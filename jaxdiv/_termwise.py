@@ -187,7 +187,9 @@ def _log_probs(x: Array, e: Array, top: Array, log_sum: Array) -> Array:
     return log_ratios - finite_or_zero(log_sum)[..., None]
 
 
-def _prob_stats(x: Array, y: Array) -> _ProbStats:
+def _prob_stats(x: Array, y: Array, read=None) -> _ProbStats:
+    if read is not None:
+        x, y = read(x, y)
     top_p, top_q = row_max(x), row_max(y)
     exp_p, exp_q = _exponent(top_p), _exponent(top_q)
     x, y, (top_p, top_q) = _reread(x, y, (top_p, top_q))
@@ -363,12 +365,25 @@ def _oriented(terms: Terms) -> bool:
 
 
 def _rows(space: _Space, terms: Terms, params: tuple, x: Array, y: Array, grads: bool) -> _Rows:
-    """The value of a block of rows and, with ``grads``, the row sums its gradient needs."""
-    x, y = jnp.broadcast_arrays(x, y)   # a shared reference row meets the block here
+    """The value of a block of rows and, with ``grads``, the row sums its gradient needs.
+
+    ``x`` and ``y`` may be as stored (``map_rows(widen=False)``): the statistics'
+    passes then each form the pair from them (see :func:`log_ratio`'s ``read``).
+    """
+    stored = (x, y)
     oriented = _oriented(terms)
-    swap = _canonical_swap(x, y) if oriented else jnp.zeros(x.shape[:-1], bool)
-    x, y, row_params = _oriented_pair(space, terms, params, x, y, swap if oriented else None)
-    stats = space.stats(x, y)
+
+    def read(a, b):
+        # A shared reference row meets the block here, and 16-bit inputs are widened.
+        a, b = jnp.broadcast_arrays(promote(a), promote(b))
+        return _orient(a, b, swap if oriented else None)
+
+    swap = jnp.zeros(jnp.broadcast_shapes(x.shape, y.shape)[:-1], bool)
+    if oriented:
+        swap = _canonical_swap(*jnp.broadcast_arrays(promote(x), promote(y)))
+    x, y = read(*stored)
+    row_params = _row_params(terms, params, swap if oriented else None)
+    stats = space.stats(*stored, read=read)
     pair = space.pair(x, y, stats)
     value = jnp.maximum(row_sum(terms.term(pair, row_params)), 0.0)
     if terms.upper is not None:
@@ -464,8 +479,9 @@ def _build(space: _Space, terms: Terms, axis_name):
     def value(x, y, params):
         with classes_split_over(axis_name):
             if terms.from_sum is None:
-                return map_rows(lambda a, b: _rows(space, terms, params, a, b, False).value, x, y)
-            rows = map_rows(lambda a, b: _rows(space, terms, params, a, b, False), x, y)
+                return map_rows(lambda a, b: _rows(space, terms, params, a, b, False).value, x, y,
+                                widen=False)
+            rows = map_rows(lambda a, b: _rows(space, terms, params, a, b, False), x, y, widen=False)
             return _from_sum(space, terms, params, x, y, rows)[0]
 
     # Closed form: dD/dx_j = a_j - P_j sum(a) with a = dt/dlog P (and likewise
@@ -500,7 +516,8 @@ def _build(space: _Space, terms: Terms, axis_name):
             return sum((_inner(c, t) for c, t in zip(coefs, _live_only(ts, (dx, dy)))), zero)
 
         # The row statistics and the coefficient sums, kept for the backward pass.
-        rows = row_stats(map_rows(lambda a, b: _rows(space, terms, params, a, b, True), x, y))
+        rows = row_stats(map_rows(lambda a, b: _rows(space, terms, params, a, b, True), x, y,
+                                  widen=False))
         leaves, tree = jax.tree.flatten(rows)
         value, slope, redone = rows.value, None, ()
         if terms.from_sum is not None:
@@ -581,7 +598,8 @@ def _term_sums_finish(terms: Terms, state: _TermSums, first, params) -> tuple:
 
 
 def _term_sums_xla(terms: Terms, x: Array, y: Array, *params) -> tuple:
-    rows = map_rows(lambda a, b, *ps: _rows(LOGITS, terms, tuple(ps), a, b, True), x, y, *params)
+    rows = map_rows(lambda a, b, *ps: _rows(LOGITS, terms, tuple(promote(p) for p in ps), a, b, True),
+                    x, y, *params, widen=False)
     return rows.value, rows.sum_a, rows.sum_b, rows.swap.astype(rows.value.dtype), rows.stats
 
 

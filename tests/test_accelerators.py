@@ -288,21 +288,29 @@ def test_accelerator_model_retries_a_program_too_big_with_its_inputs_donated(mon
     assert not row["compiles"] and row["error"] == "INTERNAL: other"
 
 
-@pytest.mark.parametrize("temperature", [None, 2.0])
-def test_kl_passes_hold_the_stored_arrays_not_widened_copies(temperature):
-    """Between KL's passes on GPU and TPU only the inputs as stored are held.
+STORED_PASSES = {
+    "kl": jaxdiv.kl_divergence,
+    "distillation T=2": lambda a, b: jaxdiv.losses.distillation_loss(a, b, temperature=2.0,
+                                                                     reduction="none"),
+    "js": jaxdiv.js_divergence,
+    "hellinger": jaxdiv.hellinger_distance,
+    "renyi": lambda a, b: jaxdiv.renyi_divergence(a, b, 0.5),
+}
 
-    Widened (bfloat16 -> float32) or tempered logits handed to the barrier that
-    ends the max pass, or to the third pass's cond, were [rows, C] arrays that
-    XLA kept in memory: 402% of a bfloat16 input compiled for an H100.
+
+@pytest.mark.parametrize("reference_row", [False, True])
+@pytest.mark.parametrize("name", sorted(STORED_PASSES))
+def test_passes_hold_the_stored_arrays_not_widened_copies(name, reference_row):
+    """Between the passes of the log-ratio statistics on GPU and TPU only the inputs
+    as stored are held.
+
+    Widened (bfloat16 -> float32), tempered or broadcast logits handed to the
+    barrier that ends the max pass, or to the third pass's cond, were [rows, C]
+    arrays that XLA kept in memory: 402% of a bfloat16 input compiled for an H100.
     """
-    p = jax.ShapeDtypeStruct((ROWS, CLASSES), jnp.bfloat16)
-    if temperature is None:
-        fn = jaxdiv.kl_divergence
-    else:
-        fn = lambda a, b: jaxdiv.losses.distillation_loss(a, b, temperature=temperature,
-                                                          reduction="none")
-    text = jax.jit(fn).trace(p, p).lower(lowering_platforms=("cuda",)).as_text()
+    p = jax.ShapeDtypeStruct((1 if reference_row else ROWS, CLASSES), jnp.bfloat16)
+    q = jax.ShapeDtypeStruct((ROWS, CLASSES), jnp.bfloat16)
+    text = jax.jit(STORED_PASSES[name]).trace(p, q).lower(lowering_platforms=("cuda",)).as_text()
     barriers = [line for line in text.splitlines() if "optimization_barrier" in line]
     assert barriers and any(f"{ROWS}x{CLASSES}xbf16" in line for line in barriers)
     assert not any(f"{ROWS}x{CLASSES}xf32" in line for line in barriers)
