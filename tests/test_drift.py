@@ -561,7 +561,7 @@ def test_features_sharded_over_devices_need_no_collective():
     # scores its own features; the compiled update and window close move nothing.
     code = f"""
 import os, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 sys.path.insert(0, {str(ROOT)!r})
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P

@@ -65,7 +65,7 @@ def test_tensor_parallel_lm_follows_the_single_device_run():
     import sys
     from pathlib import Path
 
-    script = ("import os; os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'\n"
+    script = ("import os; os.environ['XLA_FLAGS'] = os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=4'\n"
               "from examples import tensor_parallel_lm as t\n"
               "a = t.train(20, mesh=t.make_mesh()); b = t.train(20)\n"
               "print(max(abs(x - y) / abs(y) for x, y in zip(a, b)), b[0], b[-1])")

@@ -100,6 +100,12 @@ def compare(dtype_name: str, forward_mode: bool = True) -> list:
             bad.append((dtype_name, name, what, "NaN placement"))
             return
         tol = rtol if what == "value" else grad_rtol
+        if name == "f_divergence" and dtype == np.float32:
+            # f = (t - 1)^2 squares the ratio t = exp(log p - log q): t's few
+            # roundings double, and chi^2 ~ 800 of row 7 sits 1.7e-6 (whole rows)
+            # and 2.1e-6 (split) from float64, on opposite sides, with LLVM at
+            # level 0 (the suite's setting; 1e-7 apart at level 2).
+            tol *= 2.5
         ok = np.isnan(want) | (got == want) | np.isclose(got, want, rtol=tol, atol=tol * scale)
         if not ok.all():
             bad.append((dtype_name, name, what, float(np.max(np.abs(got - want)[~ok]))))
@@ -217,7 +223,7 @@ def unbound_axis_error() -> str:
 
 
 if __name__ == "__main__":
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
 
