@@ -2,10 +2,11 @@ import os
 from pathlib import Path
 
 # XLA compilation is three quarters of the suite's time, and LLVM's optimisation
-# of the generated code a fifth of that. Level 0 changes no HLO (fusions, buffers,
-# collectives, memory analyses) and no IEEE result; only the machine code runs
-# slower, on the suite's small arrays. Subprocesses inherit it (they append
-# their host device count to XLA_FLAGS).
+# of the generated code over a quarter of that. Level 0 changes no HLO (fusions,
+# buffers, collectives, memory analyses); the machine code runs slower on the
+# suite's small arrays, and a rounding can move by an ulp where level 2 would
+# contract a multiply-add. Subprocesses inherit it (they append their host
+# device count to XLA_FLAGS).
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
