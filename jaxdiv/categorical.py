@@ -290,9 +290,7 @@ _entropy = custom_jvp_over_classes(_entropy_value, _entropy_jvp)
 
 def _temper_tile(x: Array, scale: Array, valid: Array) -> Array:
     """:func:`_tempered` on a tile, with per-row ``scale`` and ``valid`` (``[rows, 1]``)."""
-    finite = x > -jnp.inf
-    x = jnp.where(finite, jnp.where(finite, x, 0.0) * scale, x)
-    return jnp.where(valid > 0, x, -jnp.inf)
+    return _tempered(x, scale, valid[..., 0] > 0)
 
 
 def _kl_step(state, tiles, cols, args, classes):
