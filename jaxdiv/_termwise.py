@@ -371,19 +371,21 @@ def _rows(space: _Space, terms: Terms, params: tuple, x: Array, y: Array, grads:
     passes then each form the pair from them (see :func:`log_ratio`'s ``read``).
     """
     stored = (x, y)
-    oriented = _oriented(terms)
+
+    def widened(a, b):
+        # A shared reference row meets the block here, and 16-bit inputs are widened.
+        return jnp.broadcast_arrays(promote(a), promote(b))
+
+    swap = _canonical_swap(*widened(x, y)) if _oriented(terms) else None
 
     def read(a, b):
-        # A shared reference row meets the block here, and 16-bit inputs are widened.
-        a, b = jnp.broadcast_arrays(promote(a), promote(b))
-        return _orient(a, b, swap if oriented else None)
+        return _orient(*widened(a, b), swap)
 
-    swap = jnp.zeros(jnp.broadcast_shapes(x.shape, y.shape)[:-1], bool)
-    if oriented:
-        swap = _canonical_swap(*jnp.broadcast_arrays(promote(x), promote(y)))
     x, y = read(*stored)
-    row_params = _row_params(terms, params, swap if oriented else None)
+    row_params = _row_params(terms, params, swap)
     stats = space.stats(*stored, read=read)
+    if swap is None:
+        swap = jnp.zeros(x.shape[:-1], bool)
     pair = space.pair(x, y, stats)
     value = jnp.maximum(row_sum(terms.term(pair, row_params)), 0.0)
     if terms.upper is not None:
